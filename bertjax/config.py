@@ -1,0 +1,355 @@
+"""Typed, frozen configuration: dataclasses <- YAML presets <- dotted ``key=value`` overrides.
+
+Resolution order for a model: dataclass defaults < family defaults < preset YAML < CLI overrides.
+Every error a user can hit is a one-line ``ConfigError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+  """A bad config key or value; the message is one line and names the field."""
+
+
+Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one encoder and its pretraining heads. Names follow the papers, not HF."""
+
+  family: str = "bert"
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  num_kv_heads: int | None = None  # grouped-query attention; None -> num_heads
+  head_dim: int | None = None  # None -> hidden_size // num_heads
+  intermediate_size: int = 3072
+  embedding_size: int | None = None  # factorized embeddings (ALBERT, ELECTRA-small); None -> hidden
+  hidden_act: Activation = "gelu"
+  head_act: Activation | None = None  # MLM-head transform activation; None -> hidden_act
+  mlp_type: Literal["dense", "glu"] = "dense"
+  max_position_embeddings: int = 512
+  position_embedding: Literal["absolute", "rope", "none"] = "absolute"
+  # RoBERTa: positions start at padding_idx + 1 and padding tokens sit at padding_idx.
+  position_offset: int = 0
+  type_vocab_size: int = 2  # 0 -> no token-type embeddings (DistilBERT)
+  pad_token_id: int = 0
+  norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+  norm_eps: float = 1e-12
+  norm_bias: bool = True
+  norm_position: Literal["post", "pre"] = "post"
+  embedding_norm: bool = True
+  use_bias: bool = True
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  # ALBERT cross-layer sharing: layer l runs group int(l * groups / num_layers); 0 = no sharing.
+  num_hidden_groups: int = 0
+  inner_group_num: int = 1
+  pooler: bool = True
+  heads: tuple[str, ...] = ("mlm", "nsp")  # subset of: mlm, nsp, sop, rtd
+  tie_word_embeddings: bool = True
+  initializer_range: float = 0.02
+  # ELECTRA joint generator (0 = none): width and depth as fractions of the discriminator.
+  generator_hidden_size: float = 0.0
+  generator_layers: float = 1.0
+  attention_impl: Literal["auto", "einsum", "xla"] = "auto"
+  dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
+  param_dtype: Literal["float32", "bfloat16"] = "float32"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_position_embeddings"):
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+    if self.head_dim is None and self.hidden_size % self.num_heads:
+      raise ConfigError(
+          f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads="
+          f"{self.num_heads}; change one or set model.head_dim")
+    if self.num_heads % self.kv_heads:
+      raise ConfigError(
+          f"model.num_heads={self.num_heads} is not a multiple of model.num_kv_heads={self.kv_heads}")
+    if self.num_hidden_groups < 0 or self.num_hidden_groups > self.num_layers:
+      raise ConfigError(
+          f"model.num_hidden_groups={self.num_hidden_groups} must be in [0, num_layers={self.num_layers}]")
+    if self.inner_group_num < 1:
+      raise ConfigError(f"model.inner_group_num must be >= 1, got {self.inner_group_num}")
+    bad = set(self.heads) - {"mlm", "nsp", "sop", "rtd"}
+    if bad:
+      raise ConfigError(f"model.heads has unknown head(s) {sorted(bad)}; use mlm, nsp, sop, rtd")
+    if {"nsp", "sop"} <= set(self.heads):
+      raise ConfigError("model.heads may hold nsp or sop, not both (they are the same 2-way head)")
+    if ({"nsp", "sop"} & set(self.heads)) and not self.pooler:
+      raise ConfigError("model.heads nsp/sop need model.pooler=true")
+    for name in ("hidden_dropout", "attention_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+    if self.position_embedding == "absolute" and self.position_offset >= self.max_position_embeddings:
+      raise ConfigError("model.position_offset must be smaller than model.max_position_embeddings")
+    if not 0.0 <= self.generator_hidden_size <= 1.0:
+      raise ConfigError(f"model.generator_hidden_size must be in [0, 1], got {self.generator_hidden_size}")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def embed_size(self) -> int:
+    return self.embedding_size or self.hidden_size
+
+  @property
+  def num_blocks(self) -> int:
+    """Distinct parameter blocks: num_layers, or groups x inner layers when ALBERT-shared."""
+    if self.num_hidden_groups:
+      return self.num_hidden_groups * self.inner_group_num
+    return self.num_layers
+
+  def block_schedule(self) -> list[int]:
+    """Which parameter block each of the applied layers uses, in order (ALBERT sharing)."""
+    if not self.num_hidden_groups:
+      return list(range(self.num_layers))
+    order = []
+    for layer in range(self.num_layers):
+      group = int(layer / (self.num_layers / self.num_hidden_groups))
+      order.extend(group * self.inner_group_num + k for k in range(self.inner_group_num))
+    return order
+
+  def generator(self) -> "ModelConfig":
+    """The ELECTRA generator body: fractions of width/depth, heads = width // 64 (electra:run_pretraining.py)."""
+    hidden = max(1, round(self.hidden_size * self.generator_hidden_size))
+    return dataclasses.replace(
+        self, hidden_size=hidden, num_heads=max(1, hidden // 64), num_kv_heads=None, head_dim=None,
+        intermediate_size=4 * hidden, num_layers=max(1, round(self.num_layers * self.generator_layers)),
+        heads=("mlm",), head_act="gelu", pooler=False, generator_hidden_size=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh shape; -1 on one axis takes the remaining devices."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  # Logical-axis -> mesh-axis rules; None entries replicate. Data, not code (MaxText style).
+  rules: tuple[tuple[str, Any], ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic loading: dict -> dataclass with type checks, dotted overrides, YAML presets.
+
+
+def _check_value(tp: Any, value: Any, field: str) -> Any:
+  origin = typing.get_origin(tp)
+  args = typing.get_args(tp)
+  if tp is Any:
+    return value
+  if origin in (typing.Union, types.UnionType):
+    errors = []
+    for arg in args:
+      try:
+        return _check_value(arg, value, field)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(f"{field}: {value!r} does not match {_type_name(tp)}")
+  if tp is type(None):
+    if value is None:
+      return None
+    raise ConfigError(f"{field}: expected null, got {value!r}")
+  if origin is Literal:
+    if value in args:
+      return value
+    raise ConfigError(f"{field}: {value!r} is not one of {list(args)}")
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"{field}: expected a list, got {value!r}")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_check_value(args[0], v, f"{field}[{i}]") for i, v in enumerate(value))
+    if len(args) != len(value):
+      raise ConfigError(f"{field}: expected {len(args)} items, got {len(value)}")
+    return tuple(_check_value(a, v, f"{field}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+  if dataclasses.is_dataclass(tp):
+    if isinstance(value, tp):
+      return value
+    if not isinstance(value, dict):
+      raise ConfigError(f"{field}: expected a mapping, got {value!r}")
+    return from_dict(tp, value, prefix=field)
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+    raise ConfigError(f"{field}: expected true/false, got {value!r}")
+  if tp is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    raise ConfigError(f"{field}: expected an integer, got {value!r}")
+  if tp is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    raise ConfigError(f"{field}: expected a number, got {value!r}")
+  if tp is str:
+    if isinstance(value, str):
+      return value
+    raise ConfigError(f"{field}: expected a string, got {value!r}")
+  return value
+
+
+def _type_name(tp: Any) -> str:
+  return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _unknown_key(cls, key: str, prefix: str) -> ConfigError:
+  names = [f.name for f in dataclasses.fields(cls)]
+  close = difflib.get_close_matches(key, names, n=1)
+  hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+  return ConfigError(f"unknown config key {prefix}{key}{hint}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+  """Build dataclass ``cls`` from a (nested) dict, checking every key and type."""
+  hints = typing.get_type_hints(cls)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {}
+  dotted = f"{prefix}." if prefix else ""
+  for key, value in data.items():
+    if key not in fields:
+      raise _unknown_key(cls, key, dotted)
+    kwargs[key] = _check_value(hints[key], value, f"{dotted}{key}")
+  try:
+    return cls(**kwargs)
+  except TypeError as e:  # missing required fields
+    raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def to_dict(cfg) -> dict:
+  """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
+
+  def convert(v):
+    if dataclasses.is_dataclass(v):
+      return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (tuple, list)):
+      return [convert(x) for x in v]
+    return v
+
+  return convert(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+  """``a.b.c=value`` -> (["a","b","c"], parsed YAML scalar/list)."""
+  if "=" not in text:
+    raise ConfigError(f"override {text!r} is not of the form key=value")
+  key, raw = text.split("=", 1)
+  if not key or any(not part for part in key.split(".")):
+    raise ConfigError(f"override {text!r} has an empty key")
+  try:
+    value = yaml.safe_load(raw) if raw != "" else ""
+  except yaml.YAMLError:
+    value = raw
+  return key.split("."), value
+
+
+def merge_into(base: dict, path: list[str], value: Any) -> None:
+  node = base
+  for part in path[:-1]:
+    node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+      raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+  node[path[-1]] = value
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+  out = dict(base)
+  for k, v in update.items():
+    if isinstance(v, dict) and isinstance(out.get(k), dict):
+      out[k] = deep_merge(out[k], v)
+    else:
+      out[k] = v
+  return out
+
+
+def apply_overrides(cfg, overrides: list[str]):
+  """Return a new ``cfg`` with dotted ``key=value`` overrides applied and re-validated."""
+  data = to_dict(cfg)
+  for text in overrides:
+    path, value = parse_override(text)
+    _validate_path(type(cfg), path)
+    merge_into(data, path, value)
+  return from_dict(type(cfg), data)
+
+
+def _validate_path(cls, path: list[str]) -> None:
+  hints = typing.get_type_hints(cls)
+  for i, part in enumerate(path):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if part not in fields:
+      raise _unknown_key(cls, part, ".".join(path[:i]) + ("." if i else ""))
+    tp = hints[part]
+    if i < len(path) - 1:
+      if not dataclasses.is_dataclass(tp):
+        raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
+      cls = tp
+
+
+def load_yaml(path: str | Path) -> dict:
+  path = Path(path)
+  try:
+    data = yaml.safe_load(path.read_text()) or {}
+  except FileNotFoundError:
+    raise ConfigError(f"config file {path} does not exist") from None
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: expected a mapping at the top level")
+  return data
+
+
+def presets_dir() -> Path:
+  """The ``configs/`` folder: next to the package in a checkout, or installed as bertjax/presets."""
+  here = Path(__file__).resolve().parent
+  for candidate in (here.parent / "configs", here / "presets"):
+    if candidate.is_dir():
+      return candidate
+  raise ConfigError("cannot find the configs/ presets folder next to the bertjax package")
+
+
+def find_preset(name: str, kind: str) -> Path:
+  """Resolve a preset name (``bert-base``) or a YAML path to a file."""
+  p = Path(name)
+  if p.suffix in (".yaml", ".yml"):
+    if not p.exists():
+      raise ConfigError(f"config file {p} does not exist")
+    return p
+  candidate = presets_dir() / kind / f"{name}.yaml"
+  if candidate.exists():
+    return candidate
+  known = sorted(x.stem for x in (presets_dir() / kind).glob("*.yaml"))
+  close = difflib.get_close_matches(name, known, n=1)
+  hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+  raise ConfigError(f"unknown {kind} preset {name!r}{hint}")
+
+
+def model_config(preset: str | dict | None = None, overrides: list[str] = ()) -> ModelConfig:
+  """Model config from a preset name/YAML path/dict plus ``key=value`` overrides (no ``model.`` prefix)."""
+  from bertjax.models import family_defaults  # local import: models imports this module
+
+  data = {} if preset is None else preset if isinstance(preset, dict) else load_yaml(
+      find_preset(preset, "model"))
+  data = dict(data)
+  for text in overrides:
+    path, value = parse_override(text)
+    _validate_path(ModelConfig, path)
+    merge_into(data, path, value)
+  family = data.get("family", "bert")
+  return from_dict(ModelConfig, {**family_defaults(family), **data})

@@ -1,0 +1,187 @@
+"""Hugging Face transformers folders (config.json + safetensors / pytorch_model.bin) in and out.
+
+Import is strict: every bertjax parameter must be found with the right shape and every HF
+weight must be used, except known non-weights (position-id buffers, optimizer slots, tied
+duplicates). Anything else is one error that lists the keys -- never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from bertjax.config import ConfigError, ModelConfig, from_dict
+from bertjax.models import Model, family_defaults, family_for_model_type, get_family
+from bertjax.params import flat_params, flat_shapes
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+# Checkpoint entries that are not model weights.
+_IGNORED = re.compile(r"(^|[./])(position_ids|global_step|adam_[mv]|AdamWeightDecayOptimizer"
+                      r"[^.]*|bad_steps|good_steps|loss_scale)($|[./])")
+
+
+class HFImportError(ValueError):
+  """A checkpoint that does not match its config; the message lists the offending keys."""
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+  shown = ", ".join(keys[:limit])
+  return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def read_state_dict(src: Path) -> dict[str, np.ndarray]:
+  """All tensors of a transformers folder as float32/int numpy arrays."""
+  single = src / "model.safetensors"
+  index = src / "model.safetensors.index.json"
+  if single.exists() or index.exists():
+    files = [single] if single.exists() else sorted(
+        {src / f for f in json.loads(index.read_text())["weight_map"].values()})
+    out = {}
+    for f in files:
+      out.update(_read_safetensors(f))
+    return out
+  pt = src / "pytorch_model.bin"
+  if pt.exists():
+    try:
+      import torch
+    except ImportError:
+      raise HFImportError(f"{pt}: reading pytorch_model.bin needs torch "
+                          "(pip install torch==2.13.0), or convert it to safetensors") from None
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+  raise HFImportError(f"{src}: no model.safetensors, model.safetensors.index.json or "
+                      "pytorch_model.bin")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  from safetensors import safe_open
+
+  out = {}
+  with safe_open(str(path), framework="flax") as f:  # the flax reader handles bf16 as well
+    for k in f.keys():
+      t = np.asarray(f.get_tensor(k))
+      out[k] = t if t.dtype.kind in "iub" or t.dtype == np.float32 else t.astype(np.float32)
+  return out
+
+
+def normalize_key(key: str, prefix: str) -> str:
+  """Legacy ``LayerNorm.gamma/beta`` -> ``weight/bias``; drop the family prefix (``bert.``)."""
+  key = re.sub(r"\.gamma$", ".weight", key)
+  key = re.sub(r"\.beta$", ".bias", key)
+  if key.startswith(prefix + "."):
+    key = key[len(prefix) + 1:]
+  return key
+
+
+def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+  """Read a transformers folder -> (bertjax ModelConfig, flat bertjax parameters)."""
+  src = Path(src)
+  config_path = src / "config.json"
+  if not config_path.exists():
+    raise HFImportError(f"{src}: no config.json (is this a transformers model folder?)")
+  try:
+    hf_cfg = json.loads(config_path.read_text())
+  except json.JSONDecodeError as e:
+    raise HFImportError(f"{config_path}: invalid JSON ({e})") from None
+  if "model_type" not in hf_cfg:
+    raise HFImportError(f"{config_path}: no model_type field")
+  family = family_for_model_type(hf_cfg["model_type"])
+
+  state: dict[str, np.ndarray] = {}
+  for key, value in read_state_dict(src).items():
+    if _IGNORED.search(key):
+      continue
+    norm = normalize_key(key, family.hf_prefix)
+    if norm in state:
+      raise HFImportError(f"{src}: weight {norm} appears twice (with and without prefix)")
+    state[norm] = value
+
+  fields = dict(family_defaults(family.name), **family.config_from_hf(hf_cfg))
+  fields["heads"] = tuple(h for h in ("mlm", "nsp", "sop", "rtd")
+                          if h in family.head_keys and family.head_keys[h] in state)
+  fields["pooler"] = family.head_keys.get("pooler") in state
+  word_key = family.weight_names(from_dict(ModelConfig, fields))["encoder.embeddings.word.embedding"].hf
+  if family.decoder_key in state and fields["tie_word_embeddings"]:
+    if word_key in state and np.array_equal(state[family.decoder_key], state[word_key]):
+      del state[family.decoder_key]  # a saved copy of the tied weight
+    else:
+      fields["tie_word_embeddings"] = False
+  if family.decoder_bias_key in state:
+    bias_key = family.weight_names(from_dict(ModelConfig, fields))["mlm.bias"].hf
+    if bias_key in state and np.array_equal(state[family.decoder_bias_key], state[bias_key]):
+      del state[family.decoder_bias_key]
+  try:
+    cfg = from_dict(ModelConfig, fields)
+  except ConfigError as e:
+    raise HFImportError(f"{config_path}: {e}") from None
+
+  table = family.weight_names(cfg)
+  shapes = flat_shapes(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
+  params, missing, mismatched = {}, [], []
+  for ours, shape in shapes.items():
+    entry = table[ours]
+    if entry.hf not in state:
+      missing.append(entry.hf)
+      continue
+    value = state.pop(entry.hf)
+    try:
+      params[ours] = entry.transform.to_ours(value, shape)
+    except ValueError:
+      mismatched.append(f"{entry.hf} {tuple(value.shape)}")
+  problems = []
+  if missing:
+    problems.append(f"missing keys: {_listing(sorted(missing))}")
+  if state:
+    problems.append(f"unexpected keys: {_listing(sorted(state))}")
+  if mismatched:
+    problems.append(f"shape mismatches: {_listing(mismatched)}")
+  if problems:
+    raise HFImportError(f"{src} does not match its config.json ({cfg.family}): "
+                        + "; ".join(problems))
+  return cfg, params
+
+
+def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+  """Write ``model`` as a transformers folder (config.json + model.safetensors [+ tokenizer])."""
+  from safetensors.numpy import save_file
+
+  cfg = model.config
+  family = get_family(cfg.family)
+  table = family.weight_names(cfg)
+  architecture, keeps_pooler = family.architecture(cfg)
+  prefixed = not architecture.endswith("Model")
+  state = {}
+  for ours, value in flat_params(model).items():
+    if ours.startswith(("generator.", "generator_mlm.")):
+      continue  # ELECTRA's joint generator: the exported checkpoint is the discriminator
+    if ours.startswith("encoder.pooler.") and not keeps_pooler:
+      continue
+    entry = table[ours]
+    key = f"{family.hf_prefix}.{entry.hf}" if entry.body and prefixed else entry.hf
+    state[key] = np.ascontiguousarray(entry.transform.to_hf(np.asarray(value, dtype=np.float32)))
+  dst = Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+  hf_config = dict(family.config_to_hf(cfg), model_type=family.hf_model_type,
+                   architectures=[architecture])
+  (dst / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  if tokenizer_dir is not None:
+    copy_tokenizer_files(Path(tokenizer_dir), dst)
+  return dst
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
+  copied = []
+  for name in TOKENIZER_FILES:
+    if (src / name).exists():
+      shutil.copy2(src / name, dst / name)
+      copied.append(name)
+  return copied

@@ -1,0 +1,95 @@
+"""Declaring how bertjax parameter paths map to Hugging Face state-dict keys.
+
+A family builds a ``NameTable``: for every bertjax parameter path, the HF key and the layout
+transform. ``body=True`` keys live under the family prefix (``bert.``) in task models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear:
+  """torch ``nn.Linear.weight`` [out, in] <-> bertjax kernel [*in_shape, *out_shape]."""
+
+  num_in: int = 1
+
+  def to_ours(self, a: np.ndarray, shape) -> np.ndarray:
+    return a.T.reshape(shape)
+
+  def to_hf(self, a: np.ndarray) -> np.ndarray:
+    return a.reshape(math.prod(a.shape[:self.num_in]), -1).T
+
+
+@dataclasses.dataclass(frozen=True)
+class Same:
+  """Same layout up to a reshape (embeddings, biases, norm scales); ``flat`` exports 1-D."""
+
+  flat: bool = False
+
+  def to_ours(self, a: np.ndarray, shape) -> np.ndarray:
+    return a.reshape(shape)
+
+  def to_hf(self, a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1) if self.flat else a
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  hf: str
+  transform: Linear | Same
+  body: bool = True
+
+
+class NameTable(dict):
+  """bertjax path -> Entry."""
+
+  def add(self, ours: str, hf: str, transform, body: bool = True) -> None:
+    if ours in self:
+      raise ValueError(f"duplicate weight name {ours}")
+    self[ours] = Entry(hf, transform, body)
+
+  def linear(self, ours: str, hf: str, *, num_in: int = 1, bias: bool = True,
+             body: bool = True) -> None:
+    self.add(f"{ours}.kernel", f"{hf}.weight", Linear(num_in), body)
+    if bias:
+      self.add(f"{ours}.bias", f"{hf}.bias", Same(flat=True), body)
+
+  def norm(self, ours: str, hf: str, *, bias: bool = True, body: bool = True) -> None:
+    self.add(f"{ours}.scale", f"{hf}.weight", Same(flat=True), body)
+    if bias:
+      self.add(f"{ours}.bias", f"{hf}.bias", Same(flat=True), body)
+
+  def embed(self, ours: str, hf: str, body: bool = True) -> None:
+    self.add(f"{ours}.embedding", f"{hf}.weight", Same(), body)
+
+  def block(self, ours: str, hf: str, names: dict[str, str], cfg) -> None:
+    """One transformer block from a {bertjax submodule: HF submodule} dict."""
+    for sub, hf_sub in names.items():
+      if sub.endswith("norm"):
+        self.norm(f"{ours}.{sub}", f"{hf}.{hf_sub}", bias=cfg.norm_bias and cfg.norm_type != "rmsnorm")
+      else:
+        self.linear(f"{ours}.{sub}", f"{hf}.{hf_sub}", num_in=2 if sub == "attention.out" else 1,
+                    bias=cfg.use_bias)
+
+  def embeddings(self, cfg, names: dict[str, str]) -> None:
+    """Word/position/token-type tables and the embedding norm, by HF name."""
+    self.embed("encoder.embeddings.word", names["word"])
+    if cfg.position_embedding == "absolute":
+      self.embed("encoder.embeddings.position", names["position"])
+    if cfg.type_vocab_size:
+      self.embed("encoder.embeddings.token_type", names["token_type"])
+    if cfg.embedding_norm:
+      self.norm("encoder.embeddings.norm", names["norm"], bias=cfg.norm_bias)
+
+  def mlm_head(self, cfg, names: dict[str, str]) -> None:
+    """MLM transform, norm, output bias and (if untied) the decoder; HF head keys are top-level."""
+    self.linear("mlm.transform", names["transform"], body=False)
+    self.norm("mlm.norm", names["norm"], body=False)
+    self.add("mlm.bias", names["bias"], Same(), body=False)
+    if not cfg.tie_word_embeddings:
+      self.linear("mlm.decoder", names["decoder"], bias=False, body=False)

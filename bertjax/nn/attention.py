@@ -1,0 +1,105 @@
+"""Multi-head / grouped-query self-attention with padding, packed-segment and local-window masks.
+
+The mask is described, not materialised, by ``AttentionMask``; each implementation builds what
+it needs. Implementations behind one switch:
+  * ``einsum``: the reference path; softmax in f32 with a finite fill; supports attention dropout.
+  * ``xla``: ``jax.nn.dot_product_attention`` (fused by XLA); no dropout.
+  * ``auto``: ``xla`` unless attention dropout is active, then ``einsum``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+  """Which keys each query may see. All fields optional; ``None`` everywhere = full attention.
+
+  padding_mask: [batch, kv_len] bool, True for real tokens.
+  segment_ids:  [batch, len] int, packed document ids (0 = padding); a query only sees keys of
+                its own document.
+  """
+
+  padding_mask: jax.Array | None = None
+  segment_ids: jax.Array | None = None
+
+  def dense(self, q_len: int, kv_len: int, window: int | None = None) -> jax.Array | None:
+    """A boolean ``[batch|1, 1, q_len, kv_len]`` mask (True = attend), or None for no masking."""
+    mask = None
+
+    def combine(m):
+      return m if mask is None else jnp.logical_and(mask, m)
+
+    if self.padding_mask is not None:
+      mask = combine(self.padding_mask.astype(bool)[:, None, None, :])
+    if self.segment_ids is not None:
+      seg = self.segment_ids
+      same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+      mask = combine(same[:, None])
+    if window is not None:
+      i = jnp.arange(q_len)[:, None]
+      j = jnp.arange(kv_len)[None, :]
+      mask = combine((jnp.abs(i - j) <= window)[None, None])
+    return mask
+
+
+def einsum_attention(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_key=None):
+  """q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim]."""
+  b, t, n, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, d)
+  # [batch, kv_heads, group, q_len, kv_len]; scores and softmax in f32.
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    # Finite fill (not -inf): a fully masked row stays finite (uniform) instead of NaN.
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  probs = dropout(probs, dropout_rate, dropout_key).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, n, d)
+
+
+def xla_attention(q, k, v, mask, *, scale):
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+
+
+class Attention(nnx.Module):
+  """Self-attention: query/key/value projections, an attention kernel, an output projection."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    h, n, kv, d = cfg.hidden_size, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+    kw = dict(rngs=rngs, use_bias=cfg.use_bias, std=cfg.initializer_range, **dtypes(cfg))
+    self.query = Dense(h, (n, d), axes=("embed", "heads", "head_dim"), **kw)
+    self.key = Dense(h, (kv, d), axes=("embed", "kv_heads", "head_dim"), **kw)
+    self.value = Dense(h, (kv, d), axes=("embed", "kv_heads", "head_dim"), **kw)
+    self.out = Dense((n, d), h, axes=("heads", "head_dim", "embed"), **kw)
+    self.scale = attention_scale(d)
+    self.dropout_rate = cfg.attention_dropout
+    self.impl = cfg.attention_impl
+
+  def __call__(self, x: jax.Array, mask: AttentionMask, *, window: int | None = None,
+               rope=None, dropout_key: jax.Array | None = None) -> jax.Array:
+    q, k, v = self.query(x), self.key(x), self.value(x)  # [batch, len, heads, head_dim]
+    if rope is not None:
+      q, k = rope(q), rope(k)
+    dense_mask = mask.dense(x.shape[1], x.shape[1], window)
+    impl = self.impl
+    active_dropout = dropout_key is not None and self.dropout_rate > 0
+    if impl == "auto":
+      impl = "einsum" if active_dropout else "xla"
+    if impl == "xla":
+      if active_dropout:
+        raise ValueError("attention_impl=xla has no attention dropout; use einsum or "
+                         "model.attention_dropout=0")
+      out = xla_attention(q, k, v, dense_mask, scale=self.scale)
+    else:
+      out = einsum_attention(q, k, v, dense_mask, scale=self.scale,
+                             dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+    return self.out(out)

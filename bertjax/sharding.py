@@ -1,0 +1,163 @@
+"""Meshes, logical-axis rules and shardings.
+
+Parameters carry logical axis names (``nnx.Param(..., logical_axes=(...))``); one rules table
+maps each logical name to a mesh axis (``data``, ``fsdp``, ``tensor``) or None (replicated). The
+same code runs on 1 CPU device, 8 fake CPU devices and a TPU pod: only the mesh shape changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or tuple of axes, or None). Weights: FSDP shards the model width,
+# tensor parallelism shards heads / MLP width / vocab. Activations shard only their batch.
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("embed_factor", None),
+    ("hidden", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("position", None),
+    ("type", None),
+    ("norm", None),
+    ("classes", None),
+)
+
+
+def make_mesh(shape: dict[str, int] | Sequence[int] | Any = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axis types; -1 on one axis takes the rest.
+
+  ``shape`` may be a MeshConfig, a dict or a 3-sequence. Devices keep ``jax.devices()`` order
+  (never ``device.id``, which is not contiguous across processes).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if shape is None:
+    sizes = [-1, 1, 1]
+  elif isinstance(shape, dict):
+    sizes = [shape.get(a, 1) for a in MESH_AXES]
+  elif hasattr(shape, "data"):
+    sizes = [shape.data, shape.fsdp, shape.tensor]
+  else:
+    sizes = list(shape)
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh shape {sizes} does not divide {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"have {len(devices)}")
+  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def rules_dict(rules=None) -> dict[str, Any]:
+  table = dict(DEFAULT_RULES)
+  table.update(dict(rules or ()))
+  return table
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None, mesh: Mesh,
+                    rules=None) -> P:
+  """Map logical axes to a PartitionSpec. A mesh axis is used at most once; a dimension that
+  its mesh axes do not divide stays replicated (odd head counts, vocab not a multiple of 8)."""
+  table = rules_dict(rules)
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(axes):
+    target = table.get(name) if name is not None else None
+    targets = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    targets = tuple(t for t in targets if t not in used and mesh.shape.get(t, 1) > 1)
+    size = math.prod(mesh.shape[t] for t in targets) if targets else 1
+    if not targets or (shape is not None and shape[i] % size):
+      spec.append(None)
+      continue
+    used.update(targets)
+    spec.append(targets[0] if len(targets) == 1 else targets)
+  return P(*spec)
+
+
+def _is_var(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state, mesh: Mesh, rules=None):
+  """A tree like ``state`` whose leaves are NamedShardings derived from ``logical_axes``."""
+
+  def one(var):
+    axes = var.get_metadata().get("logical_axes")
+    value = var[...] if hasattr(var, "__getitem__") else var.value
+    shape = getattr(value, "shape", None)
+    if axes is None:
+      spec = P()
+    else:
+      spec = logical_to_spec(axes, shape, mesh, rules)
+    return var.replace(NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, state, is_leaf=_is_var)
+
+
+def create_sharded(make_model, mesh: Mesh, rules=None):
+  """Build ``make_model()`` directly sharded: abstract init -> shardings -> jitted init."""
+  abstract = nnx.eval_shape(make_model)
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = state_shardings(abstract_state, mesh, rules)
+  state = jax.jit(lambda: nnx.split(make_model())[1], out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
+def shard_model(model, mesh: Mesh, rules=None):
+  """Move an existing model's parameters onto ``mesh`` according to the rules."""
+  graphdef, state = nnx.split(model)
+  shardings = state_shardings(state, mesh, rules)
+  state = jax.device_put(state, shardings)
+  return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
+  """Sharding for a ``[batch, ...]`` input array: batch over the data-parallel axes."""
+  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), None, mesh, rules))
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation constraints: active only inside ``use_mesh``; a no-op on a single device.
+
+_ACTIVE: contextvars.ContextVar[tuple[Mesh, Any] | None] = contextvars.ContextVar(
+    "bertjax_mesh", default=None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules=None) -> Iterator[Mesh]:
+  token = _ACTIVE.set((mesh, rules))
+  try:
+    yield mesh
+  finally:
+    _ACTIVE.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  active = _ACTIVE.get()
+  if active is None:
+    return x
+  mesh, rules = active
+  spec = logical_to_spec(tuple(axes), x.shape, mesh, rules)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
