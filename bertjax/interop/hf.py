@@ -115,9 +115,10 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     else:
       fields["tie_word_embeddings"] = False
   if family.decoder_bias_key in state:
+    # transformers' MLM forward adds decoder.bias; the head's own ``bias`` is tied to it, or
+    # (untied checkpoints) a dead parameter. Keep the one the forward pass uses.
     bias_key = family.weight_names(from_dict(ModelConfig, fields))["mlm.bias"].hf
-    if bias_key in state and np.array_equal(state[family.decoder_bias_key], state[bias_key]):
-      del state[family.decoder_bias_key]
+    state[bias_key] = state.pop(family.decoder_bias_key)
   try:
     cfg = from_dict(ModelConfig, fields)
   except ConfigError as e:
@@ -167,6 +168,8 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
     entry = table[ours]
     key = f"{family.hf_prefix}.{entry.hf}" if entry.body and prefixed else entry.hf
     state[key] = np.ascontiguousarray(entry.transform.to_hf(np.asarray(value, dtype=np.float32)))
+    if ours == "mlm.bias" and not cfg.tie_word_embeddings and family.decoder_bias_key:
+      state[family.decoder_bias_key] = state[key]  # untied: transformers reads decoder.bias
   dst = Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})

@@ -46,7 +46,7 @@ class Block(nnx.Module):
 class EncoderOutput(NamedTuple):
   last_hidden_state: jax.Array  # [batch, len, hidden]
   pooled: jax.Array | None  # [batch, hidden] (tanh pooler over the first token)
-  hidden_states: tuple[jax.Array, ...] | None  # input to layer 0, then every layer's output
+  hidden_states: tuple[jax.Array, ...] | None  # input to block 0, then every block's output
 
 
 class Pooler(nnx.Module):
@@ -70,7 +70,6 @@ class Encoder(nnx.Module):
         if cfg.embed_size != cfg.hidden_size else None)
     self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_blocks)])
     self.schedule = tuple(cfg.block_schedule())
-    self.inner_group_num = cfg.inner_group_num if cfg.num_hidden_groups else 1
     self.final_norm = make_norm(cfg) if cfg.norm_position == "pre" else None
     self.pooler = Pooler(cfg, rngs=rngs) if cfg.pooler else None
     self.position_offset = cfg.position_offset
@@ -95,9 +94,7 @@ class Encoder(nnx.Module):
     hidden_states = [x]
     for i, block_index in enumerate(self.schedule):
       x = self.layers[block_index](x, mask, dropout_key=layer_keys[i])
-      # ALBERT runs a group's inner layers in turn; one hidden state per layer (group pass).
-      if (i + 1) % self.inner_group_num == 0:
-        hidden_states.append(x)
+      hidden_states.append(x)  # one per applied block, as transformers records them (ALBERT too)
     if self.final_norm is not None:
       x = self.final_norm(x)
     pooled = self.pooler(x) if self.pooler is not None else None

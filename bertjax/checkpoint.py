@@ -1,0 +1,102 @@
+"""A bertjax model folder: ``config.yaml`` + ``params/`` (Orbax) + ``tokenizer/``.
+
+This is what ``import-hf`` writes and ``embed`` / ``fill-mask`` / ``export-hf`` read. Writes go
+to a temporary sibling that is renamed into place, so a failed write never leaves a half folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import yaml
+from flax import nnx
+
+from bertjax import sharding
+from bertjax.config import ConfigError, ModelConfig, from_dict, load_yaml, to_dict
+from bertjax.data.tokenizer import Tokenizer
+from bertjax.models import Model
+from bertjax.params import assign_flat_params, flat_params
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def save_model_dir(dst: str | Path, model: Model, tokenizer: Tokenizer | None = None,
+                   *, overwrite: bool = False) -> Path:
+  dst = Path(dst).absolute()
+  if dst.exists() and not overwrite:
+    raise FileExistsError(f"{dst} already exists; choose another folder or remove it")
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  try:
+    (tmp / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(model.config)},
+                                                    sort_keys=False))
+    with ocp.StandardCheckpointer() as ckpt:
+      ckpt.save(tmp / "params", _nest(flat_params(model)))
+    if tokenizer is not None:
+      tokenizer.save(tmp / "tokenizer")
+    if dst.exists():
+      shutil.rmtree(dst)
+    tmp.rename(dst)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return dst
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+  path = Path(path)
+  cfg_file = path / "config.yaml"
+  if not cfg_file.exists():
+    raise ConfigError(f"{path} is not a bertjax model folder (no config.yaml)")
+  data = load_yaml(cfg_file)
+  if "model" not in data:
+    raise ConfigError(f"{cfg_file}: no 'model' section")
+  return from_dict(ModelConfig, data["model"], prefix="model")
+
+
+def load_model_dir(path: str | Path, *, mesh=None, rules=None,
+                   overrides: dict | None = None) -> tuple[Model, Tokenizer | None]:
+  """Load a model folder; parameters land sharded on ``mesh`` when one is given.
+
+  ``overrides`` replaces config fields that do not change parameter shapes (dropout,
+  attention_impl, dtype).
+  """
+  path = Path(path)
+  cfg = read_model_config(path)
+  if overrides:
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, **overrides)
+  make = lambda: Model(cfg, rngs=nnx.Rngs(0))
+  model = sharding.create_sharded(make, mesh, rules) if mesh is not None else make()
+  with ocp.StandardCheckpointer() as ckpt:
+    restored = ckpt.restore((path / "params").absolute())
+  assign_flat_params(model, {k: np.asarray(v) for k, v in _flatten(restored).items()})
+  tok_dir = path / "tokenizer"
+  tokenizer = Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
+  return model, tokenizer
+

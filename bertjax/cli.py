@@ -1,0 +1,143 @@
+"""``bertjax`` command line: thin parsing over the library. Errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _import_hf(args) -> None:
+  from bertjax.checkpoint import save_model_dir
+  from bertjax.data.tokenizer import Tokenizer, TokenizerError
+  from bertjax.interop.hf import load_hf
+  from bertjax.models import Model
+  from bertjax.params import assign_flat_params
+  from flax import nnx
+
+  cfg, params = load_hf(args.src)
+  model = assign_flat_params(Model(cfg, rngs=nnx.Rngs(0)), params)
+  try:
+    tokenizer = Tokenizer.from_dir(args.src)
+  except TokenizerError as e:
+    print(f"warning: no usable tokenizer in {args.src} ({e}); saving the model without one",
+          file=sys.stderr)
+    tokenizer = None
+  dst = save_model_dir(args.dst, model, tokenizer, overwrite=args.overwrite)
+  print(json.dumps({"checkpoint": str(dst), "family": cfg.family, "heads": list(cfg.heads),
+                    "pooler": cfg.pooler}))
+
+
+def _export_hf(args) -> None:
+  from bertjax.checkpoint import load_model_dir
+  from bertjax.interop.hf import export_hf
+
+  model, _ = load_model_dir(args.src)
+  tok_dir = Path(args.src) / "tokenizer"
+  dst = export_hf(model, args.dst, tok_dir if tok_dir.is_dir() else None)
+  print(json.dumps({"exported": str(dst)}))
+
+
+def _load_for_inference(path: str):
+  from bertjax.checkpoint import load_model_dir
+
+  model, tokenizer = load_model_dir(path)
+  if tokenizer is None:
+    raise ValueError(f"{path} has no tokenizer/ folder; import it with its tokenizer files")
+  return model, tokenizer
+
+
+def _embed(args) -> None:
+  import numpy as np
+
+  from bertjax.inference import embed
+
+  model, tokenizer = _load_for_inference(args.checkpoint)
+  result = embed(model, tokenizer, args.text, pooling=args.pooling, layer=args.layer,
+                 max_length=args.max_length)
+  if args.output:
+    if args.pooling == "none":
+      np.save(args.output, np.array(result, dtype=object), allow_pickle=True)
+    else:
+      np.save(args.output, result)
+    print(json.dumps({"output": args.output}))
+  else:
+    rows = result if args.pooling == "none" else list(result)
+    print(json.dumps([{"text": t, "embedding": np.asarray(r).tolist()}
+                      for t, r in zip(args.text, rows)]))
+
+
+def _fill_mask(args) -> None:
+  from bertjax.inference import fill_mask
+
+  model, tokenizer = _load_for_inference(args.checkpoint)
+  print(json.dumps(fill_mask(model, tokenizer, args.text, top_k=args.top_k), indent=1))
+
+
+def _train_tokenizer(args) -> None:
+  from bertjax.data.train_tokenizer import train_tokenizer
+
+  out = train_tokenizer(args.files, args.out, kind=args.kind, vocab_size=args.vocab_size,
+                        lowercase=not args.cased, min_frequency=args.min_frequency)
+  print(json.dumps({"tokenizer": str(out)}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="bertjax", description=__doc__)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  s = sub.add_parser("import-hf", help="transformers folder -> bertjax model folder")
+  s.add_argument("src")
+  s.add_argument("dst")
+  s.add_argument("--overwrite", action="store_true")
+  s.set_defaults(func=_import_hf)
+
+  s = sub.add_parser("export-hf", help="bertjax model folder -> transformers folder")
+  s.add_argument("src")
+  s.add_argument("dst")
+  s.set_defaults(func=_export_hf)
+
+  s = sub.add_parser("embed", help="embed texts with a model folder")
+  s.add_argument("checkpoint")
+  s.add_argument("text", nargs="+")
+  s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
+  s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
+  s.add_argument("--max-length", type=int, default=None)
+  s.add_argument("--output", help="write a .npy file instead of printing JSON")
+  s.set_defaults(func=_embed)
+
+  s = sub.add_parser("fill-mask", help="predict [MASK] tokens")
+  s.add_argument("checkpoint")
+  s.add_argument("text")
+  s.add_argument("--top-k", type=int, default=5)
+  s.set_defaults(func=_fill_mask)
+
+  s = sub.add_parser("train-tokenizer", help="train a vocabulary from text files")
+  s.add_argument("files", nargs="+")
+  s.add_argument("--out", required=True)
+  s.add_argument("--kind", choices=["wordpiece", "bpe", "sentencepiece"], default="wordpiece")
+  s.add_argument("--vocab-size", type=int, default=30522)
+  s.add_argument("--min-frequency", type=int, default=2)
+  s.add_argument("--cased", action="store_true")
+  s.set_defaults(func=_train_tokenizer)
+  return p
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from bertjax.config import ConfigError
+  from bertjax.data.tokenizer import TokenizerError
+  from bertjax.interop.hf import HFImportError
+
+  try:
+    args.func(args)
+  except (ConfigError, HFImportError, TokenizerError, FileExistsError, FileNotFoundError,
+          ValueError) as e:
+    print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

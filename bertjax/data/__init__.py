@@ -1,0 +1,1 @@
+"""Data: tokenizers, sources, instance creation, masking, Grain pipelines."""

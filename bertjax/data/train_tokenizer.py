@@ -1,0 +1,62 @@
+"""Train a WordPiece (BERT), byte-level BPE (RoBERTa) or SentencePiece (ALBERT) vocabulary
+offline from text files; writes files that ``Tokenizer.from_dir`` and transformers both read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Sequence
+
+from bertjax.data.tokenizer import ALBERT_SPECIALS, BERT_SPECIALS, ROBERTA_SPECIALS, TokenizerError
+
+Kind = Literal["wordpiece", "bpe", "sentencepiece"]
+
+
+def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: Kind = "wordpiece",
+                    vocab_size: int = 30522, lowercase: bool = True, min_frequency: int = 2) -> Path:
+  files = [str(f) for f in files]
+  for f in files:
+    if not Path(f).is_file():
+      raise TokenizerError(f"training file {f} does not exist")
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  if kind == "wordpiece":
+    from tokenizers import BertWordPieceTokenizer
+
+    tok = BertWordPieceTokenizer(lowercase=lowercase)
+    s = BERT_SPECIALS
+    tok.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
+              special_tokens=[s.pad, s.unk, s.cls, s.sep, s.mask])
+    tok.save_model(str(out))
+    _write_config(out, "BertTokenizer", s, do_lower_case=lowercase)
+  elif kind == "bpe":
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer()
+    s = ROBERTA_SPECIALS
+    tok.train(files, vocab_size=vocab_size, min_frequency=min_frequency,
+              special_tokens=[s.cls, s.pad, s.sep, s.unk, s.mask])
+    tok.save_model(str(out))
+    _write_config(out, "RobertaTokenizer", s)
+  elif kind == "sentencepiece":
+    import sentencepiece as spm
+
+    s = ALBERT_SPECIALS
+    # ALBERT's spm_train flags: pad 0, unk 1, control symbols [CLS] [SEP] [MASK], no bos/eos.
+    spm.SentencePieceTrainer.train(
+        input=",".join(files), model_prefix=str(out / "spiece"), vocab_size=vocab_size,
+        model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+        control_symbols=[s.cls, s.sep, s.mask], character_coverage=0.9999,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True,
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc", minloglevel=2)
+    (out / "spiece.vocab").unlink(missing_ok=True)
+    _write_config(out, "AlbertTokenizer", s, do_lower_case=False)
+  else:
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; use wordpiece, bpe or sentencepiece")
+  return out
+
+
+def _write_config(out: Path, cls_name: str, s, **extra) -> None:
+  config = dict(tokenizer_class=cls_name, cls_token=s.cls, sep_token=s.sep, pad_token=s.pad,
+                mask_token=s.mask, unk_token=s.unk, model_max_length=512, **extra)
+  (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,20 @@
+"""Test setup: 8 fake CPU devices (sharding tests), the persistent compilation cache, offline HF."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+_cache = Path(os.environ.get("BERTJAX_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+jax.config.update("jax_compilation_cache_dir", str(_cache / "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # grain's multiprocess prefetch reads absl flags (google/grain#1355)
