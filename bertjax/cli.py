@@ -16,6 +16,8 @@ def _import_hf(args) -> None:
   from bertjax.params import assign_flat_params
   from flax import nnx
 
+  if Path(args.dst).exists() and not args.overwrite:
+    raise FileExistsError(f"{args.dst} already exists; choose another folder or pass --overwrite")
   cfg, params = load_hf(args.src)
   model = assign_flat_params(Model(cfg, rngs=nnx.Rngs(0)), params)
   try:

