@@ -148,6 +148,111 @@ class MeshConfig:
   rules: tuple[tuple[str, Any], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where text comes from, how instances are built and how tokens are masked."""
+
+  # "corpus" = the corpus shipped in the package; a .txt file or folder (one paragraph per line,
+  # blank line between documents); a .jsonl file; "tfds:NAME" (array_record data_source); or an
+  # ArrayRecord folder written by `bertjax prepare-data`.
+  source: str = "corpus"
+  text_field: str = "text"  # JSONL / TFDS feature holding the text
+  tfds_split: str = "train"
+  tfds_data_dir: str | None = None
+  tokenizer: str = "corpus"  # a tokenizer folder; "corpus" = the WordPiece vocab shipped with it
+  max_seq_length: int = 128
+  # Instances (google-research/bert create_pretraining_data.py semantics).
+  instances: Literal["nsp", "sop", "full_sentences", "packed"] = "nsp"
+  short_seq_prob: float = 0.1
+  # Masking: rate of selected tokens; of those, mask_token_prob -> [MASK], random_token_prob ->
+  # a random id, the rest unchanged (BERT 0.15 / 0.8 / 0.1).
+  mask_rate: float = 0.15
+  mask_token_prob: float = 0.8
+  random_token_prob: float = 0.1
+  max_predictions_per_seq: int = 20
+  whole_word_masking: bool = False
+  dynamic_masking: bool = True  # new masks each epoch; False = one static mask per instance
+  eval_fraction: float = 0.02  # documents held out for evaluation
+  num_workers: int = 0  # grain worker processes (0 = in-process with threads)
+  seed: int = 12345
+
+  def __post_init__(self):
+    if self.max_seq_length < 8:
+      raise ConfigError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
+    for name in ("short_seq_prob", "mask_rate", "mask_token_prob", "random_token_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+    if self.mask_token_prob + self.random_token_prob > 1.0:
+      raise ConfigError("data.mask_token_prob + data.random_token_prob must be <= 1")
+    if self.max_predictions_per_seq < 1:
+      raise ConfigError("data.max_predictions_per_seq must be >= 1")
+    if not 0.0 <= self.eval_fraction < 0.5:
+      raise ConfigError(f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """AdamW with the BERT recipe by default: decay off for biases and norms, linear warmup+decay."""
+
+  name: Literal["adamw", "lamb"] = "adamw"
+  learning_rate: float = 1e-4
+  warmup_steps: int = 10000
+  schedule: Literal["linear", "constant"] = "linear"  # linear: warmup then linear decay to 0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-6
+  weight_decay: float = 0.01
+  clip_norm: float | None = 1.0  # global gradient-norm clipping; null = off
+
+  def __post_init__(self):
+    if self.learning_rate <= 0:
+      raise ConfigError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+    if self.warmup_steps < 0:
+      raise ConfigError("optim.warmup_steps must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  batch_size: int = 32  # global, across all processes
+  grad_accum_steps: int = 1  # microbatches per step (gradients normalised by loss tokens)
+  eval_every: int = 500
+  eval_batches: int = 20
+  log_every: int = 50
+  seed: int = 0
+  # Peak FLOP/s per device for MFU; null = measure an f32 matmul on CPU / table on TPU.
+  peak_flops_per_device: float | None = None
+
+  def __post_init__(self):
+    if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
+      raise ConfigError("train.steps, train.batch_size and train.grad_accum_steps must be >= 1")
+    if self.batch_size % self.grad_accum_steps:
+      raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
+                        f"train.grad_accum_steps={self.grad_accum_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 500  # save every N steps (and at the end, and on SIGTERM)
+  keep: int = 3  # keep the newest N
+  keep_every: int | None = None  # additionally keep every K-th step forever
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """One pretraining run: ``bertjax pretrain [PRESET_OR_YAML] [key=value ...]``."""
+
+  name: str = "bert-demo"
+  run_dir: str = "runs/bert-demo"
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig()
+  mesh: MeshConfig = MeshConfig()
+
+
 # ---------------------------------------------------------------------------------------------
 # Generic loading: dict -> dataclass with type checks, dotted overrides, YAML presets.
 
@@ -353,3 +458,21 @@ def model_config(preset: str | dict | None = None, overrides: list[str] = ()) ->
     merge_into(data, path, value)
   family = data.get("family", "bert")
   return from_dict(ModelConfig, {**family_defaults(family), **data})
+
+
+def experiment_config(preset: str | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+  """Experiment from a preset name (configs/experiments/NAME.yaml) or YAML path, plus dotted
+  overrides. A ``model:`` section may name a model preset with ``model.preset``."""
+  from bertjax.models import family_defaults
+
+  data = load_yaml(find_preset(preset or "bert-demo", "experiments"))
+  for text in overrides:
+    path, value = parse_override(text)
+    if path != ["model", "preset"]:
+      _validate_path(ExperimentConfig, path)
+    merge_into(data, path, value)
+  model = dict(data.get("model") or {})
+  base = load_yaml(find_preset(model.pop("preset"), "model")) if "preset" in model else {}
+  model = {**base, **model}
+  data["model"] = {**family_defaults(model.get("family", "bert")), **model}
+  return from_dict(ExperimentConfig, data)

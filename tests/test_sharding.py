@@ -32,6 +32,10 @@ def batch(cfg, n=8, length=16, seed=0):
   return ids, mask
 
 
+def head_output(out):
+  return out.mlm_logits if out.mlm_logits is not None else out.rtd_logits
+
+
 def sharded_forward(cfg, mesh, ids, mask):
   with sharding.use_mesh(mesh):
     model = sharding.create_sharded(lambda: Model(cfg, rngs=nnx.Rngs(0)), mesh)
@@ -42,7 +46,7 @@ def sharded_forward(cfg, mesh, ids, mask):
     @jax.jit
     def forward(state, ids, mask):
       out = nnx.merge(graphdef, state)(ids, padding_mask=mask)
-      return out.last_hidden_state, out.mlm_logits
+      return out.last_hidden_state, head_output(out)
 
     fwd = jax.jit(forward, in_shardings=(state_sh, data_sh, data_sh))
     hidden, logits = fwd(state, jax.device_put(ids, data_sh), jax.device_put(mask, data_sh))
@@ -63,7 +67,7 @@ def test_sharded_forward_equals_single_device(family, shape):
   assign_flat_params(single, {k: np.asarray(v) for k, v in flat_params(model).items()})
   ref = single(jnp.asarray(ids), padding_mask=jnp.asarray(mask))
   assert np.max(np.abs(np.asarray(hidden) - np.asarray(ref.last_hidden_state))) <= 1e-5
-  assert np.max(np.abs(np.asarray(logits) - np.asarray(ref.mlm_logits))) <= 1e-5
+  assert np.max(np.abs(np.asarray(logits) - np.asarray(head_output(ref)))) <= 1e-5
 
 
 def test_parameters_are_sharded_as_the_rules_say():
