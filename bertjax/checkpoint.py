@@ -67,8 +67,16 @@ def save_model_dir(dst: str | Path, model: Model, tokenizer: Tokenizer | None = 
   return dst
 
 
-def read_model_config(path: str | Path) -> ModelConfig:
+def resolve_model_dir(path: str | Path) -> Path:
+  """A model folder, or a pretraining run folder (its exported ``model/``)."""
   path = Path(path)
+  if not (path / "params").exists() and (path / "model" / "params").exists():
+    return path / "model"
+  return path
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+  path = resolve_model_dir(path)
   cfg_file = path / "config.yaml"
   if not cfg_file.exists():
     raise ConfigError(f"{path} is not a bertjax model folder (no config.yaml)")
@@ -85,7 +93,7 @@ def load_model_dir(path: str | Path, *, mesh=None, rules=None,
   ``overrides`` replaces config fields that do not change parameter shapes (dropout,
   attention_impl, dtype).
   """
-  path = Path(path)
+  path = resolve_model_dir(path)
   cfg = read_model_config(path)
   if overrides:
     import dataclasses

@@ -32,11 +32,11 @@ def _import_hf(args) -> None:
 
 
 def _export_hf(args) -> None:
-  from bertjax.checkpoint import load_model_dir
+  from bertjax.checkpoint import load_model_dir, resolve_model_dir
   from bertjax.interop.hf import export_hf
 
   model, _ = load_model_dir(args.src)
-  tok_dir = Path(args.src) / "tokenizer"
+  tok_dir = resolve_model_dir(args.src) / "tokenizer"
   dst = export_hf(model, args.dst, tok_dir if tok_dir.is_dir() else None)
   print(json.dumps({"exported": str(dst)}))
 
@@ -85,9 +85,56 @@ def _train_tokenizer(args) -> None:
   print(json.dumps({"tokenizer": str(out)}))
 
 
+def _pretrain(args) -> None:
+  from bertjax.config import experiment_config
+  from bertjax.train.loop import pretrain
+
+  preset, overrides = _preset_and_overrides(args.args)
+  result = pretrain(experiment_config(preset, overrides))
+  if result["preempted"]:
+    print(json.dumps(result))
+    return
+  ev = result["eval"]
+  summary = {"held_out_mlm_accuracy": round(ev["mlm_accuracy"], 4),
+             "unigram_baseline_accuracy": round(result["unigram_baseline_accuracy"], 4),
+             "held_out_mlm_loss": round(ev["mlm_loss"], 4), "steps": result["step"],
+             "checkpoint": result["checkpoint"], "model": result["model"]}
+  if "nsp_accuracy" in ev:
+    summary["held_out_nsp_accuracy"] = round(ev["nsp_accuracy"], 4)
+  print(json.dumps(summary, indent=1))
+  print(f"held-out MLM accuracy {ev['mlm_accuracy']:.4f} (unigram baseline "
+        f"{result['unigram_baseline_accuracy']:.4f}); checkpoints in {result['checkpoint']}; "
+        f"try: bertjax fill-mask {result['model']} \"the [MASK] of the house\"")
+
+
+def _prepare_data(args) -> None:
+  from bertjax.config import experiment_config
+  from bertjax.data.prepare import prepare_data
+
+  preset, overrides = _preset_and_overrides(args.args)
+  out = prepare_data(experiment_config(preset, overrides).data, args.out, args.shards)
+  print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
+
+
+def _preset_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+  if items and "=" not in items[0]:
+    return items[0], items[1:]
+  return None, items
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="bertjax", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
+
+  s = sub.add_parser("pretrain", help="pretrain (or resume) from a preset/YAML + key=value overrides")
+  s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
+  s.set_defaults(func=_pretrain)
+
+  s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
+  s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
+  s.add_argument("--out", required=True)
+  s.add_argument("--shards", type=int, default=4)
+  s.set_defaults(func=_prepare_data)
 
   s = sub.add_parser("import-hf", help="transformers folder -> bertjax model folder")
   s.add_argument("src")
@@ -129,13 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from bertjax.config import ConfigError
+  from bertjax.data.sources import DataError
   from bertjax.data.tokenizer import TokenizerError
   from bertjax.interop.hf import HFImportError
 
   try:
     args.func(args)
-  except (ConfigError, HFImportError, TokenizerError, FileExistsError, FileNotFoundError,
-          ValueError) as e:
+  except (ConfigError, DataError, HFImportError, TokenizerError, FileExistsError,
+          FileNotFoundError, ValueError) as e:
     print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -395,8 +395,8 @@ def apply_overrides(cfg, overrides: list[str]):
 
 
 def _validate_path(cls, path: list[str]) -> None:
-  hints = typing.get_type_hints(cls)
   for i, part in enumerate(path):
+    hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     if part not in fields:
       raise _unknown_key(cls, part, ".".join(path[:i]) + ("." if i else ""))

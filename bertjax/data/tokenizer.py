@@ -56,6 +56,10 @@ class _HFBackend:
     enc = self.tok.encode(text, add_special_tokens=False)
     return list(enc.ids), [tuple(o) for o in enc.offsets], list(enc.word_ids)
 
+  def tokenize_batch(self, texts: Sequence[str]):
+    return [(e.ids, e.offsets, e.word_ids)
+            for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
   def token_to_id(self, token: str) -> int | None:
     return self.tok.token_to_id(token)
 
@@ -95,6 +99,9 @@ class _SentencePieceBackend:
         word += 1
       word_ids.append(word)
     return ids, offsets, word_ids
+
+  def tokenize_batch(self, texts: Sequence[str]):
+    return [self.tokenize(t) for t in texts]
 
   def token_to_id(self, token: str) -> int | None:
     i = self.sp.piece_to_id(token)
@@ -198,6 +205,9 @@ class Tokenizer:
   def tokenize(self, text: str):
     """Ids, offsets, word ids of ``text`` without template tokens."""
     return self.backend.tokenize(text)
+
+  def tokenize_batch(self, texts: Sequence[str]):
+    return self.backend.tokenize_batch(texts)
 
   def encode(self, text: str, pair: str | None = None, *, max_length: int | None = None) -> Encoding:
     a = self.tokenize(text)

@@ -1,0 +1,194 @@
+"""Grain input pipeline: instances -> (epoch-shuffled, host-sharded) examples -> masked batches
+-> global jax.Arrays.
+
+Determinism: example order is a permutation per (seed, epoch); an example's mask comes from
+``np.random.default_rng([seed, epoch, example])`` (dynamic) or ``[seed, example]`` (static).
+The grain iterator state is just an index, saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from bertjax.config import DataConfig
+from bertjax.data import sources
+from bertjax.data.instances import (InstanceStore, Specials, full_sentence_instances,
+                                    nsp_instances, packed_instances)
+from bertjax.data.masking import MaskingSpec, mask_instance
+from bertjax.data.tokenizer import Tokenizer
+
+_FOREVER = 2**40
+
+
+def load_tokenizer(cfg: DataConfig) -> Tokenizer:
+  if cfg.tokenizer == "corpus":
+    return Tokenizer.from_dir(sources.CORPUS_DIR / "tokenizer")
+  return Tokenizer.from_dir(cfg.tokenizer)
+
+
+def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer):
+  """Documents of sentences -> documents of (ids, word_start) arrays, in one batched call."""
+  sentences = sources.documents_to_sentences(docs)
+  flat = [s for doc in sentences for s in doc]
+  encoded = tokenizer.tokenize_batch(flat)
+  out, k = [], 0
+  for doc in sentences:
+    tokenized = []
+    for _ in doc:
+      ids, _, words = encoded[k]
+      k += 1
+      if ids:
+        words = np.asarray([-1 if w is None else w for w in words])
+        starts = np.r_[True, words[1:] != words[:-1]]
+        tokenized.append((np.asarray(ids, np.int32), starts))
+    if tokenized:
+      out.append(tokenized)
+  return out
+
+
+def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int) -> InstanceStore:
+  sp = Specials(tokenizer.cls_id, tokenizer.sep_id, tokenizer.roberta_template)
+  rng = np.random.default_rng([cfg.seed, seed])
+  if cfg.instances in ("nsp", "sop"):
+    instances = nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
+                              short_seq_prob=cfg.short_seq_prob, rng=rng,
+                              sop=cfg.instances == "sop")
+  elif cfg.instances == "full_sentences":
+    instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length)
+  else:
+    instances = packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
+  return InstanceStore.from_instances(instances)
+
+
+@dataclasses.dataclass
+class Corpus:
+  """Train and held-out instances plus what masking needs to know."""
+
+  train: InstanceStore
+  eval: InstanceStore
+  tokenizer: Tokenizer
+
+  @functools.cached_property
+  def unigram_token(self) -> int:
+    """The most frequent non-template training token: the unigram baseline's prediction."""
+    counts = np.bincount(self.train.ids[~self.train.special], minlength=self.tokenizer.vocab_size)
+    return int(np.argmax(counts))
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+  """Instances from raw text (tokenized now) or from a ``prepare-data`` ArrayRecord folder."""
+  from bertjax.data import prepare
+
+  if prepare.is_prepared(cfg.source):
+    root = Path(cfg.source)
+    meta = prepare.read_meta(root)
+    corpus = Corpus(prepare.ArrayRecordStore([root / n for n in meta["train"]]),
+                    prepare.ArrayRecordStore([root / n for n in meta["eval"]]),
+                    Tokenizer.from_dir(root / "tokenizer"))
+    corpus.__dict__["unigram_token"] = meta["unigram_token"]
+    return corpus
+  tokenizer = load_tokenizer(cfg)
+  docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
+                                tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
+  if not docs:
+    raise sources.DataError(f"data.source {cfg.source}: no text found")
+  train_docs, eval_docs = sources.split_heldout(docs, cfg.eval_fraction, cfg.seed)
+  train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
+  heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1)
+  return Corpus(train, heldout, tokenizer)
+
+
+def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:
+  return MaskingSpec(mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                     mask_rate=cfg.mask_rate, mask_token_prob=cfg.mask_token_prob,
+                     random_token_prob=cfg.random_token_prob,
+                     max_predictions=cfg.max_predictions_per_seq,
+                     whole_word=cfg.whole_word_masking)
+
+
+class EpochSampler:
+  """Random-access ``index -> (epoch, example)``: a fresh permutation of the examples per
+  epoch (or the identity, for evaluation). ``index`` counts over the global stream."""
+
+  def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+    self.num_examples, self.seed, self.shuffle = num_examples, seed, shuffle
+    self._perm: tuple[int, np.ndarray] | None = None
+
+  def __len__(self) -> int:
+    return _FOREVER
+
+  def __getitem__(self, index: int) -> tuple[int, int]:
+    epoch, j = divmod(int(index), self.num_examples)
+    if not self.shuffle:
+      return epoch, j
+    if self._perm is None or self._perm[0] != epoch:
+      self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
+    return epoch, int(self._perm[1][j])
+
+
+class MakeExample:
+  """(epoch, example) -> padded, masked numpy features. Picklable for grain worker processes."""
+
+  def __init__(self, store, spec: MaskingSpec, max_seq_length: int, pad_id: int, seed: int,
+               dynamic: bool):
+    self.store, self.spec, self.length = store, spec, max_seq_length
+    self.pad_id, self.seed, self.dynamic = pad_id, seed, dynamic
+
+  def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
+    epoch, example = item
+    x = self.store[example]
+    key = [self.seed, epoch, example] if self.dynamic else [self.seed, example]
+    ids, positions, labels, weights = mask_instance(x, self.spec, np.random.default_rng(key))
+    n, t = len(ids), self.length
+    out = {
+        "input_ids": np.full(t, self.pad_id, np.int32),
+        "token_type_ids": np.zeros(t, np.int32),
+        "padding_mask": np.zeros(t, bool),
+        "masked_positions": positions,
+        "masked_ids": labels,
+        "masked_weights": weights,
+        "nsp_label": np.int32(x.label),
+    }
+    out["input_ids"][:n] = ids
+    out["token_type_ids"][:n] = x.type_ids
+    out["padding_mask"][:n] = True
+    if x.segment_ids is not None:
+      out["segment_ids"] = np.zeros(t, np.int32)
+      out["segment_ids"][:n] = x.segment_ids
+    return out
+
+
+def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size: int, pad_id: int,
+                 shuffle: bool = True, seed_offset: int = 0) -> grain.IterDataset:
+  """This process's share of the stream: global indices ``process_index::process_count``."""
+  sampler = EpochSampler(len(store), cfg.seed + seed_offset, shuffle=shuffle)
+  ds = grain.MapDataset.source(sampler)[jax.process_index()::jax.process_count()]
+  ds = ds.map(MakeExample(store, spec, cfg.max_seq_length, pad_id, cfg.seed + seed_offset,
+                          cfg.dynamic_masking or not shuffle))
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if cfg.num_workers > 0:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads absl flags in workers (grain#1355)
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+  return it
+
+
+def global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
+  """Assemble each process's rows into global arrays on the mesh's data axes."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def batches(iterator: Iterator, shardings) -> Iterator[dict[str, jax.Array]]:
+  for local in iterator:
+    yield global_batch(local, shardings)
+

@@ -1,0 +1,89 @@
+"""``bertjax prepare-data``: tokenize a corpus once into ArrayRecord shards of instances.
+
+Layout: ``DIR/meta.json``, ``DIR/tokenizer/``, ``DIR/{train,eval}-NNNNN-of-NNNNN.array_record``.
+Training with ``data.source=DIR`` then reads instances by index (grain ArrayRecordDataSource)
+and masks them on the fly, as the original TPU setup read TFRecords.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bertjax.config import DataConfig, to_dict
+from bertjax.data.instances import InstanceStore, deserialize, serialize
+
+META = "meta.json"
+
+
+def write_shards(store: InstanceStore, out: Path, split: str, num_shards: int) -> list[str]:
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  names = []
+  bounds = np.linspace(0, len(store), num_shards + 1).astype(int)
+  for k in range(num_shards):
+    name = f"{split}-{k:05d}-of-{num_shards:05d}.array_record"
+    writer = ArrayRecordWriter(str(out / name), "group_size:1")
+    for i in range(bounds[k], bounds[k + 1]):
+      writer.write(serialize(store[i]))
+    writer.close()
+    names.append(name)
+  return names
+
+
+def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int = 4) -> Path:
+  from bertjax.data.pipeline import load_corpus
+
+  out = Path(out_dir).absolute()
+  if out.exists():
+    raise FileExistsError(f"{out} already exists; choose another folder or remove it")
+  corpus = load_corpus(cfg)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  try:
+    meta = {"data": to_dict(cfg), "unigram_token": corpus.unigram_token,
+            "train": write_shards(corpus.train, tmp, "train", num_shards),
+            "eval": write_shards(corpus.eval, tmp, "eval", 1),
+            "num_train": len(corpus.train), "num_eval": len(corpus.eval),
+            "train_tokens": corpus.train.num_tokens}
+    corpus.tokenizer.save(tmp / "tokenizer")
+    (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+    tmp.rename(out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+class ArrayRecordStore:
+  """Random access to serialized instances in ArrayRecord shards."""
+
+  def __init__(self, paths: list[Path]):
+    import grain
+
+    self.paths = [str(p) for p in paths]
+    self.source = grain.sources.ArrayRecordDataSource(self.paths)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    return deserialize(self.source[int(i)])
+
+  def __getstate__(self):
+    return {"paths": self.paths}
+
+  def __setstate__(self, state):
+    self.__init__(state["paths"])
+
+
+def is_prepared(path: str | Path) -> bool:
+  return (Path(path) / META).exists()
+
+
+def read_meta(path: str | Path) -> dict:
+  return json.loads((Path(path) / META).read_text())

@@ -1,0 +1,56 @@
+"""Masked LM (+ NSP / SOP when the model has that head): BERT's pretraining loss.
+
+MLM = sum(w * CE) / sum(w) over predicted positions (logits only there); NSP/SOP = mean CE over
+rows with a label. Total = MLM + NSP (google-research/bert run_pretraining.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  logits = logits.astype(jnp.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  return logz - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+
+
+class MlmObjective:
+  name = "mlm"
+
+  def totals(self, batch) -> dict[str, jax.Array]:
+    return {"mlm": jnp.maximum(batch["masked_weights"].sum(), 1.0),
+            "nsp": jnp.maximum((batch["nsp_label"] >= 0).sum().astype(jnp.float32), 1.0)}
+
+  def __call__(self, model, batch, dropout_key, totals):
+    out = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                padding_mask=batch["padding_mask"], segment_ids=batch.get("segment_ids"),
+                masked_positions=batch["masked_positions"], dropout_key=dropout_key)
+    w = batch["masked_weights"]
+    labels = batch["masked_ids"]
+    ce = cross_entropy(out.mlm_logits, labels)
+    sums = {
+        "mlm_loss": (ce * w).sum(),
+        "mlm_correct": ((jnp.argmax(out.mlm_logits, -1) == labels) * w).sum(),
+        "mlm_count": w.sum(),
+    }
+    loss = sums["mlm_loss"] / totals["mlm"]
+    if out.seq_relationship_logits is not None:
+      label = batch["nsp_label"]
+      valid = (label >= 0).astype(jnp.float32)
+      nsp_ce = cross_entropy(out.seq_relationship_logits, jnp.maximum(label, 0))
+      sums["nsp_loss"] = (nsp_ce * valid).sum()
+      sums["nsp_correct"] = ((jnp.argmax(out.seq_relationship_logits, -1) == label) * valid).sum()
+      sums["nsp_count"] = valid.sum()
+      loss = loss + sums["nsp_loss"] / totals["nsp"]
+    return loss, sums
+
+  @staticmethod
+  def finalize(sums: dict) -> dict[str, float]:
+    m = {"mlm_loss": sums["mlm_loss"] / max(sums["mlm_count"], 1.0),
+         "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
+    if "nsp_count" in sums:
+      m["nsp_loss"] = sums["nsp_loss"] / max(sums["nsp_count"], 1.0)
+      m["nsp_accuracy"] = sums["nsp_correct"] / max(sums["nsp_count"], 1.0)
+    m["loss"] = m["mlm_loss"] + m.get("nsp_loss", 0.0)
+    return m

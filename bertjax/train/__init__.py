@@ -1,0 +1,1 @@
+"""Training: state, the one jitted step, optimizers, checkpoints, metric writers, the loop."""

@@ -1,0 +1,60 @@
+"""Orbax CheckpointManager: train state + grain iterator state, async, keep-N / keep-every-K.
+
+Orbax writes each step into a temporary folder and renames it when complete, so a save that
+is interrupted never replaces the previous good checkpoint (``latest_step`` only sees finished
+ones). Restoring takes an abstract target carrying the *current* mesh's shardings, so a run can
+resume on a different mesh shape. Grain iterator state is per process: it is restored only when
+the process count matches (otherwise the model/optimizer state alone is restored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from bertjax.config import CheckpointConfig
+
+
+class Checkpointer:
+
+  def __init__(self, directory: Path, cfg: CheckpointConfig):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=cfg.keep, keep_period=cfg.keep_every,
+        enable_async_checkpointing=cfg.async_save, create=True)
+    self.directory = Path(directory).absolute()
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "meta"))
+    self.every = cfg.every
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+    items = {"state": ocp.args.StandardSave(state),
+             "meta": ocp.args.JsonSave({"step": step, "process_count": jax.process_count()})}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def should_save(self, step: int) -> bool:
+    return self.every > 0 and step % self.every == 0
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """-> (state, data iterator restored?)."""
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    restore_data = data_iterator is not None and meta.get("process_count") == jax.process_count()
+    if restore_data:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restore_data
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,61 @@
+"""Model FLOPs for MFU (MaxText convention: 6 x matmul FLOPs per token for forward+backward,
+attention scores and values included, embedding lookups excluded)."""
+
+from __future__ import annotations
+
+from bertjax.config import ModelConfig
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
+  h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+  n, kv, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
+  proj = h * (n + 2 * kv) * d + n * d * h  # q, k, v, out
+  mlp = h * f * (3 if cfg.mlp_type == "glu" else 2)
+  per_layer = 2 * (proj + mlp) + 2 * 2 * seq_len * n * d  # matmuls + scores + values
+  forward = layers * per_layer
+  if cfg.embed_size != h:
+    forward += 2 * cfg.embed_size * h
+  if "mlm" in cfg.heads:  # transform + decoder, only at the predicted positions
+    e = cfg.embed_size
+    forward += (2 * (h * e + e * cfg.vocab_size)) * predictions_per_seq / seq_len
+  return 3.0 * forward
+
+
+# bf16 peak FLOP/s per chip (MaxText's MFU denominators).
+_TPU_PEAKS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+_measured: float | None = None
+
+
+def peak_flops_per_device() -> float:
+  """TPU: the published bf16 peak. Elsewhere: a measured f32 matmul peak of this host, split
+  over its local devices (fake CPU devices share the same cores)."""
+  import jax
+
+  kind = jax.devices()[0].device_kind
+  for name, peak in sorted(_TPU_PEAKS.items(), key=lambda kv: -len(kv[0])):
+    if kind.startswith(name):
+      return peak
+  return measure_matmul_peak() / jax.local_device_count()
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 8) -> float:
+  """Best f32 GFLOP/s of a jitted n x n matmul on the default device (cached per process)."""
+  global _measured
+  if _measured is None:
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      t = time.perf_counter()
+      f(a).block_until_ready()
+      best = min(best, time.perf_counter() - t)
+    _measured = 2 * n**3 / best
+  return _measured

@@ -1,0 +1,251 @@
+"""``pretrain(cfg)``: data -> sharded model -> jitted step loop -> eval, metrics, checkpoints.
+
+One loop for every objective; the host never waits on the step it just dispatched (metrics are
+read one step late), and SIGTERM saves the current step before exiting cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bertjax import sharding
+from bertjax.checkpoint import save_model_dir
+from bertjax.config import ConfigError, ExperimentConfig, to_dict
+from bertjax.data.pipeline import global_batch, load_corpus, make_dataset, masking_spec
+from bertjax.models import Model
+from bertjax.objectives import MlmObjective
+from bertjax.train.checkpoints import Checkpointer
+from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
+from bertjax.train.metrics import MetricWriter, Progress
+from bertjax.train.optim import make_optimizer, schedule
+from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
+
+
+def _check_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
+  """A run folder holds one model: resuming with another architecture is refused up front."""
+  saved = run_dir / "config.yaml"
+  if saved.exists():
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = to_dict(cfg)
+    for section in ("model",):
+      diff = sorted(k for k in new[section] if old.get(section, {}).get(k) != new[section][k])
+      if diff:
+        raise ConfigError(f"{run_dir} holds a run with a different {section} config "
+                          f"({', '.join(f'{section}.{k}' for k in diff[:4])}); choose another run_dir")
+
+
+def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
+  """The tokenizer decides vocab and padding ids; the model must fit the sequence length."""
+  model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,
+                              pad_token_id=tokenizer.pad_id)
+  need = cfg.data.max_seq_length + model.position_offset
+  if model.position_embedding == "absolute" and model.max_position_embeddings < need:
+    raise ConfigError(f"model.max_position_embeddings={model.max_position_embeddings} is smaller "
+                      f"than data.max_seq_length={cfg.data.max_seq_length} (+offset)")
+  return dataclasses.replace(cfg, model=model)
+
+
+def _opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
+  """Optimizer slots (Adam mu/nu, ...) mirror the parameters: each slot takes the sharding of
+  the parameter whose path it ends with; scalars (counts) are replicated."""
+  by_path = {}
+  flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  flat_sh = jax.tree_util.tree_leaves(param_shardings)
+  for (path, leaf), sh in zip(flat_params, flat_sh):
+    by_path[tuple(str(k) for k in path)] = (leaf.shape, sh)
+  replicated = NamedSharding(mesh, P())
+
+  def one(path, leaf):
+    keys = tuple(str(k) for k in path)
+    for start in range(len(keys)):
+      shape, sh = by_path.get(keys[start:], (None, None))
+      if shape == leaf.shape:
+        return sh
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, abstract_opt)
+
+
+def _batch_shardings(mesh, rules, example: dict) -> dict:
+  return {k: sharding.batch_sharding(mesh, rules, ndim=np.ndim(v)) for k, v in example.items()}
+
+
+def _to_host(tree):
+  return jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(tree))
+
+
+def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event | None = None,
+             on_step=None, quiet: bool = False) -> dict:
+  """Run (or resume) pretraining; returns a summary dict.
+
+  ``stop_event`` (set by SIGTERM too) stops after the current step with a checkpoint;
+  ``on_step(step)`` is called after every dispatched step (hooks, tests)."""
+  run_dir = Path(cfg.run_dir)
+  corpus = load_corpus(cfg.data)
+  cfg = _resolve_model(cfg, corpus.tokenizer)
+  _check_run_dir(run_dir, cfg)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  rules = cfg.mesh.rules
+  processes = jax.process_count()
+  if cfg.train.batch_size % processes:
+    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
+                      f"{processes} processes")
+  local_bs = cfg.train.batch_size // processes
+  spec = masking_spec(cfg.data, corpus.tokenizer)
+  pad = corpus.tokenizer.pad_id
+  train_iter = iter(make_dataset(corpus.train, spec, cfg.data, local_batch_size=local_bs,
+                                 pad_id=pad, shuffle=True))
+  eval_count = min(cfg.train.eval_batches, max(1, len(corpus.eval) // cfg.train.batch_size))
+  eval_iter = iter(make_dataset(corpus.eval, spec, cfg.data, local_batch_size=local_bs, pad_id=pad,
+                                shuffle=False, seed_offset=1))
+  eval_local = [next(eval_iter) for _ in range(eval_count)]
+  objective = MlmObjective()
+  tx = make_optimizer(cfg.optim, cfg.train.steps)
+  lr = schedule(cfg.optim, cfg.train.steps)
+
+  with sharding.use_mesh(mesh, rules):
+    model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)),
+                                    mesh, rules)
+    graphdef, params = nnx.split(model)
+    del model
+    param_sh = jax.tree.map(lambda x: x.sharding, params)  # born sharded by the rules
+    abstract = jax.eval_shape(lambda p: init_state(graphdef, p, tx, cfg.train.seed), params)
+    replicated = NamedSharding(mesh, P())
+    state_sh = TrainState(step=replicated, params=param_sh,
+                          opt_state=_opt_state_shardings(abstract.opt_state, abstract.params,
+                                                         param_sh, mesh),
+                          key=replicated)
+    state = jax.jit(lambda p: init_state(graphdef, p, tx, cfg.train.seed),
+                    out_shardings=state_sh)(params)
+    del params
+    batch_sh = _batch_shardings(mesh, rules, eval_local[0])
+    train_step = jax.jit(make_train_step(graphdef, objective, tx, cfg.train.grad_accum_steps, lr),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                         donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(graphdef, objective),
+                        in_shardings=(state_sh.params, batch_sh))
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
+    start = 0
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, state_sh)
+      state, _ = checkpointer.restore(latest, target, train_iter)
+      start = latest
+
+    eval_batches = [global_batch(b, batch_sh) for b in eval_local]
+
+    def evaluate() -> dict:
+      sums = None
+      for b in eval_batches:
+        s = eval_step(state.params, b)
+        sums = s if sums is None else jax.tree.map(lambda a, c: a + c, sums, s)
+      return objective.finalize(_to_host(sums))
+
+    tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
+    flops_per_step = tokens_per_step * train_flops_per_token(
+        cfg.model, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq)
+    peak = (cfg.train.peak_flops_per_device or peak_flops_per_device()) * jax.device_count()
+
+    preempted = stop_event or threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+      previous = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+    writer = MetricWriter(run_dir)
+    progress = Progress(cfg.train.steps, start, enabled=(jax.process_index() == 0 and not quiet))
+    pending = None  # (step, metrics on device) of the step before the current one
+    window_start, window_steps, last = time.perf_counter(), 0, {}
+    step = start
+    try:
+      while step < cfg.train.steps and not preempted.is_set():
+        batch = global_batch(next(train_iter), batch_sh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window_steps += 1
+        if pending is not None:  # read last step's metrics: the device is already past them
+          done_step, done = pending
+          if done_step % cfg.train.log_every == 0 or done_step == start + 1:
+            host = _to_host(done)
+            elapsed = time.perf_counter() - window_start
+            m = objective.finalize(host)
+            m.update(grad_norm=host["grad_norm"], learning_rate=host["learning_rate"])
+            if window_steps > 1:
+              tps = tokens_per_step * (window_steps - 1) / elapsed
+              m.update(tokens_per_second=tps, mfu=flops_per_step * tps / tokens_per_step / peak)
+            writer.write(done_step, m)
+            last = m
+            window_start, window_steps = time.perf_counter(), 1
+            progress.update(done_step, f"loss {m['loss']:.3f} "
+                            f"{m.get('tokens_per_second', 0):,.0f} tok/s")
+        pending = (step, metrics)
+        if on_step is not None:
+          on_step(step)
+        if step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+          writer.write(step, evaluate(), prefix="eval")
+        if checkpointer.should_save(step):
+          checkpointer.save(step, state, train_iter)
+        progress.update(step)
+      if preempted.is_set() and step < cfg.train.steps:
+        if checkpointer.latest_step() != step:
+          checkpointer.save(step, state, train_iter, force=True)
+        checkpointer.wait()
+        progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+        return {"preempted": True, "step": step, "checkpoint": str(checkpointer.directory)}
+      if pending is not None and pending[0] % cfg.train.log_every:  # flush the last step
+        m = objective.finalize(_to_host(pending[1]))
+        writer.write(pending[0], m)
+        last = {**last, **m}
+      final_eval = evaluate()
+      writer.write(step, final_eval, prefix="eval")
+      if checkpointer.latest_step() != step:
+        checkpointer.save(step, state, train_iter, force=True)
+      checkpointer.wait()
+      baseline = _unigram_baseline(eval_local, corpus.unigram_token)
+      model_dir = _export_model(run_dir / "model", graphdef, state.params, corpus.tokenizer)
+    finally:
+      progress.close()
+      writer.close()
+      checkpointer.close()
+      if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+  return {"preempted": False, "step": step, "eval": final_eval, "train": last,
+          "unigram_baseline_accuracy": baseline, "checkpoint": str(checkpointer.directory),
+          "model": str(model_dir), "run_dir": str(run_dir)}
+
+
+def _unigram_baseline(eval_local: list[dict], token: int) -> float:
+  """Held-out MLM accuracy of always predicting the most frequent training token."""
+  hits = sum(float(((b["masked_ids"] == token) * b["masked_weights"]).sum()) for b in eval_local)
+  count = sum(float(b["masked_weights"].sum()) for b in eval_local)
+  return hits / max(count, 1.0)
+
+
+def _export_model(dst: Path, graphdef, params, tokenizer) -> Path:
+  """The trained model as a bertjax model folder (embed / fill-mask / export-hf read it)."""
+  from jax.experimental import multihost_utils
+
+  if jax.process_count() > 1:
+    params = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
+  else:
+    params = jax.device_get(params)
+  if jax.process_index() == 0:
+    model = nnx.merge(graphdef, params)
+    save_model_dir(dst, model, tokenizer, overwrite=True)
+  return dst
+

@@ -1,0 +1,81 @@
+"""The train state and the one jitted step ``(state, batch) -> (state, metrics)``.
+
+The model lives as ``nnx.split`` state; the step merges it inside (Flax's functional NNX
+style), so jit sees plain pytrees with explicit shardings and the state buffers are donated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any  # nnx.State of nnx.Param
+  opt_state: Any
+  key: jax.Array  # uint32[2] base key; step keys are fold_in(key, step) -> resume-exact
+
+
+def init_state(graphdef, params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    key=jax.random.PRNGKey(seed))
+
+
+def _split_microbatches(batch, n: int):
+  """[B, ...] -> [n, B/n, ...] taking every n-th row, so each microbatch keeps the batch
+  sharding spread over all data-parallel devices."""
+  return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
+                    grad_accum_steps: int = 1, lr_schedule: Callable | None = None):
+
+  def loss_fn(params, micro, key, totals):
+    model = nnx.merge(graphdef, params)
+    return objective(model, micro, key, totals)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    key = jax.random.fold_in(state.key, state.step)
+    totals = objective.totals(batch)
+    if grad_accum_steps == 1:
+      (loss, sums), grads = grad_fn(state.params, batch, key, totals)
+    else:
+      micro = _split_microbatches(batch, grad_accum_steps)
+
+      def body(carry, xs):
+        i, mb = xs
+        (loss, sums), grads = grad_fn(state.params, mb, jax.random.fold_in(key, i), totals)
+        acc = jax.tree.map(jnp.add, carry, (loss, sums, grads))
+        return acc, None
+
+      zeros = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
+                                             key, totals))
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1], zeros[1]))
+      (loss, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(sums, objective=loss, grad_norm=optax.global_norm(grads))
+    if lr_schedule is not None:
+      metrics["learning_rate"] = lr_schedule(state.step)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, objective):
+
+  def eval_step(params, batch) -> dict:
+    model = nnx.merge(graphdef, params)
+    _, sums = objective(model, batch, None, objective.totals(batch))
+    return sums
+
+  return eval_step
