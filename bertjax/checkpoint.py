@@ -7,9 +7,9 @@ to a temporary sibling that is renamed into place, so a failed write never leave
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import yaml
@@ -46,24 +46,36 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 def save_model_dir(dst: str | Path, model: Model, tokenizer: Tokenizer | None = None,
                    *, overwrite: bool = False) -> Path:
+  """Write a model folder. Multi-host safe: every process calls this (Orbax writes each
+  process's shards); process 0 writes the small files and renames the folder into place."""
+  from jax.experimental import multihost_utils
+
   dst = Path(dst).absolute()
+  primary = jax.process_index() == 0
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; choose another folder or remove it")
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+  tmp = dst.parent / f".{dst.name}.partial"
+  if primary:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+  multihost_utils.sync_global_devices("bertjax:save_model_dir:start")
   try:
-    (tmp / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(model.config)},
-                                                    sort_keys=False))
     with ocp.StandardCheckpointer() as ckpt:
       ckpt.save(tmp / "params", _nest(flat_params(model)))
-    if tokenizer is not None:
-      tokenizer.save(tmp / "tokenizer")
-    if dst.exists():
-      shutil.rmtree(dst)
-    tmp.rename(dst)
+    multihost_utils.sync_global_devices("bertjax:save_model_dir:params")
+    if primary:
+      (tmp / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(model.config)},
+                                                      sort_keys=False))
+      if tokenizer is not None:
+        tokenizer.save(tmp / "tokenizer")
+      if dst.exists():
+        shutil.rmtree(dst)
+      tmp.rename(dst)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
+  multihost_utils.sync_global_devices("bertjax:save_model_dir:done")
   return dst
 
 

@@ -104,7 +104,7 @@ def _pretrain(args) -> None:
   print(json.dumps(summary, indent=1))
   print(f"held-out MLM accuracy {ev['mlm_accuracy']:.4f} (unigram baseline "
         f"{result['unigram_baseline_accuracy']:.4f}); checkpoints in {result['checkpoint']}; "
-        f"try: bertjax fill-mask {result['model']} \"the [MASK] of the house\"")
+        f"try: bertjax fill-mask {result['model']} \"the [MASK] of the house\"", file=sys.stderr)
 
 
 def _prepare_data(args) -> None:

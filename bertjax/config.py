@@ -303,6 +303,11 @@ def _check_value(tp: Any, value: Any, field: str) -> Any:
   if tp is float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       return float(value)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+      try:
+        return float(value)
+      except ValueError:
+        pass
     raise ConfigError(f"{field}: expected a number, got {value!r}")
   if tp is str:
     if isinstance(value, str):

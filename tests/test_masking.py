@@ -194,3 +194,15 @@ def test_epochs_visit_every_example_once(seed):
   _, got = batches(store, cfg, 4)  # one epoch of 32
   firsts = [tuple(b["input_ids"][i, :3]) for b in got for i in range(8)]
   assert len(set(firsts)) == len({tuple(store[i].ids[:3]) for i in range(32)})
+
+
+def test_hosts_read_contiguous_rows_of_each_global_batch():
+  from bertjax.data.pipeline import EpochSampler
+
+  one = EpochSampler(50, seed=3, local_batch=8)
+  hosts = [EpochSampler(50, seed=3, local_batch=4, process_index=p, process_count=2)
+           for p in range(2)]
+  for batch in range(20):  # crosses several epochs
+    single = [one[batch * 8 + r] for r in range(8)]
+    joined = [hosts[p][batch * 4 + r] for p in range(2) for r in range(4)]
+    assert joined == single

@@ -114,18 +114,28 @@ def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:
 
 
 class EpochSampler:
-  """Random-access ``index -> (epoch, example)``: a fresh permutation of the examples per
-  epoch (or the identity, for evaluation). ``index`` counts over the global stream."""
+  """Random-access ``local index -> (epoch, example)`` for one process.
 
-  def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+  The global stream is a fresh permutation of the examples per epoch (identity for evaluation).
+  Global batch k is stream positions [k*B, (k+1)*B); process p reads the contiguous rows
+  [p*B/P, (p+1)*B/P) of it, so the assembled global batch has exactly the rows -- in the same
+  order -- that a single process would read."""
+
+  def __init__(self, num_examples: int, seed: int, shuffle: bool = True, *, local_batch: int = 1,
+               process_index: int = 0, process_count: int = 1):
     self.num_examples, self.seed, self.shuffle = num_examples, seed, shuffle
+    self.local_batch, self.process_index, self.process_count = local_batch, process_index, process_count
     self._perm: tuple[int, np.ndarray] | None = None
 
   def __len__(self) -> int:
     return _FOREVER
 
+  def global_position(self, index: int) -> int:
+    batch, row = divmod(int(index), self.local_batch)
+    return (batch * self.process_count + self.process_index) * self.local_batch + row
+
   def __getitem__(self, index: int) -> tuple[int, int]:
-    epoch, j = divmod(int(index), self.num_examples)
+    epoch, j = divmod(self.global_position(index), self.num_examples)
     if not self.shuffle:
       return epoch, j
     if self._perm is None or self._perm[0] != epoch:
@@ -167,9 +177,11 @@ class MakeExample:
 
 def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size: int, pad_id: int,
                  shuffle: bool = True, seed_offset: int = 0) -> grain.IterDataset:
-  """This process's share of the stream: global indices ``process_index::process_count``."""
-  sampler = EpochSampler(len(store), cfg.seed + seed_offset, shuffle=shuffle)
-  ds = grain.MapDataset.source(sampler)[jax.process_index()::jax.process_count()]
+  """This process's rows of every global batch (see ``EpochSampler``)."""
+  sampler = EpochSampler(len(store), cfg.seed + seed_offset, shuffle=shuffle,
+                         local_batch=local_batch_size, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+  ds = grain.MapDataset.source(sampler)
   ds = ds.map(MakeExample(store, spec, cfg.max_seq_length, pad_id, cfg.seed + seed_offset,
                           cfg.dynamic_masking or not shuffle))
   ds = ds.batch(local_batch_size, drop_remainder=True)

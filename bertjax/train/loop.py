@@ -206,7 +206,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
         checkpointer.wait()
         progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
         return {"preempted": True, "step": step, "checkpoint": str(checkpointer.directory)}
-      if pending is not None and pending[0] % cfg.train.log_every:  # flush the last step
+      if pending is not None and not preempted.is_set():  # the final step is still unread
         m = objective.finalize(_to_host(pending[1]))
         writer.write(pending[0], m)
         last = {**last, **m}
@@ -238,14 +238,5 @@ def _unigram_baseline(eval_local: list[dict], token: int) -> float:
 
 def _export_model(dst: Path, graphdef, params, tokenizer) -> Path:
   """The trained model as a bertjax model folder (embed / fill-mask / export-hf read it)."""
-  from jax.experimental import multihost_utils
-
-  if jax.process_count() > 1:
-    params = jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
-  else:
-    params = jax.device_get(params)
-  if jax.process_index() == 0:
-    model = nnx.merge(graphdef, params)
-    save_model_dir(dst, model, tokenizer, overwrite=True)
+  save_model_dir(dst, nnx.merge(graphdef, params), tokenizer, overwrite=True)
   return dst
-

@@ -48,9 +48,12 @@ class Progress:
       from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                  TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
+      from rich.console import Console
+
       self._bar = RichProgress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                               TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+                               TextColumn("ETA"), TimeRemainingColumn(), transient=False,
+                               console=Console(stderr=True))  # stdout stays machine-readable
       self._task = self._bar.add_task("train", total=total, completed=start, status="")
       self._bar.start()
 

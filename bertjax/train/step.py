@@ -62,7 +62,7 @@ def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
       (loss, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums, objective=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(sums, objective=loss, grad_norm=optax.tree.norm(grads))
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

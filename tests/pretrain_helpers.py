@@ -1,0 +1,42 @@
+"""Small pretraining runs for tests: a slice of the shipped corpus and a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import lzma
+from pathlib import Path
+
+from bertjax.config import experiment_config
+from bertjax.data.sources import corpus_files
+
+
+def small_corpus(path: Path, paragraphs: int = 400) -> Path:
+  """The first paragraphs of every shipped book, documents kept apart by blank lines."""
+  if not path.exists():
+    chunks = []
+    for f in corpus_files():
+      lines = [l for l in lzma.open(f, "rt", encoding="utf-8").read().splitlines() if l.strip()]
+      chunks.append("\n".join(lines[:paragraphs]))
+    path.write_text("\n\n".join(chunks) + "\n")
+  return path
+
+
+def overrides(run_dir: Path, corpus: Path, *extra: str) -> list[str]:
+  return [f"run_dir={run_dir}", f"data.source={corpus}", "model.hidden_size=32",
+          "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+          "train.steps=8", "train.batch_size=16", "train.log_every=1", "train.eval_every=1000",
+          "train.eval_batches=2", "checkpoint.every=4", "optim.warmup_steps=2",
+          "train.peak_flops_per_device=1e9", *extra]
+
+
+def config(run_dir: Path, corpus: Path, *extra: str):
+  return experiment_config(None, overrides(run_dir, corpus, *extra))
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+  out = {}
+  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if row["split"] == "train":
+      out[row["step"]] = row["loss"]
+  return out

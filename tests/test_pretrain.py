@@ -1,0 +1,170 @@
+"""The pretraining engine: bit-exact resume, resume onto another mesh, SIGTERM, atomic
+checkpoints, 2 processes == 1 process, and the CLI end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from bertjax import cli
+from bertjax.train.checkpoints import Checkpointer
+from bertjax.train.loop import pretrain
+
+from pretrain_helpers import config, overrides, small_corpus, train_losses
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  return small_corpus(tmp_path_factory.mktemp("corpus") / "books.txt")
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+  """8 steps in one go, on the default mesh (8-way data parallel)."""
+  run = tmp_path_factory.mktemp("straight")
+  result = pretrain(config(run, corpus), quiet=True)
+  return run, result
+
+
+def stop_at(step: int):
+  event = threading.Event()
+  return event, lambda s: event.set() if s >= step else None
+
+
+def test_resume_is_bit_exact(straight, corpus, tmp_path):
+  run, result = straight
+  assert result["step"] == 8 and not result["preempted"]
+  event, hook = stop_at(4)
+  first = pretrain(config(tmp_path, corpus), stop_event=event, on_step=hook, quiet=True)
+  assert first["preempted"] and first["step"] == 4
+  second = pretrain(config(tmp_path, corpus), quiet=True)
+  assert second["step"] == 8
+  a, b = train_losses(run), train_losses(tmp_path)
+  assert [s for s in (5, 6, 7, 8) if s in b] == [5, 6, 7, 8]
+  for s in (1, 2, 3, 5, 6, 7, 8):
+    assert a[s] == b[s], (s, a[s], b[s])  # bitwise: same batches, dropout keys, updates
+  assert result["eval"] == second["eval"]
+
+
+def test_resume_onto_another_mesh_shape(straight, corpus, tmp_path):
+  run, _ = straight
+  event, hook = stop_at(4)
+  pretrain(config(tmp_path, corpus), stop_event=event, on_step=hook, quiet=True)
+  pretrain(config(tmp_path, corpus, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), quiet=True)
+  a, b = train_losses(run), train_losses(tmp_path)
+  for s in (5, 6, 7, 8):
+    assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+
+
+def test_interrupted_save_never_replaces_the_good_checkpoint(straight, corpus, tmp_path):
+  import shutil
+
+  run, _ = straight
+  shutil.copytree(run, tmp_path / "run")
+  ckpt_dir = tmp_path / "run" / "checkpoints"
+  # what a save killed half-way leaves behind: an unfinalized temporary step folder
+  (ckpt_dir / "12.orbax-checkpoint-tmp-1700000000").mkdir()
+  (ckpt_dir / "12.orbax-checkpoint-tmp-1700000000" / "state").mkdir()
+  from bertjax.config import CheckpointConfig
+
+  assert Checkpointer(ckpt_dir, CheckpointConfig()).latest_step() == 8
+  result = pretrain(config(tmp_path / "run", corpus, "train.steps=10"), quiet=True)
+  assert result["step"] == 10
+  losses = train_losses(tmp_path / "run")
+  assert 9 in losses and np.isfinite(losses[9])
+
+
+def test_keep_policies(corpus, tmp_path):
+  pretrain(config(tmp_path, corpus, "train.steps=12", "checkpoint.every=2", "checkpoint.keep=2",
+                  "checkpoint.keep_every=4"), quiet=True)
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [4, 8, 10, 12]  # newest 2, plus every 4th kept forever
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
+  args = overrides(tmp_path, corpus, "train.steps=100000", "checkpoint.every=100000")
+  env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
+  proc = subprocess.Popen([sys.executable, "-m", "bertjax.cli", "pretrain", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None:
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["preempted"] and result["step"] >= 3
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved == [result["step"]]
+  resumed = pretrain(config(tmp_path, corpus, f"train.steps={result['step'] + 2}",
+                            "checkpoint.every=100000"), quiet=True)
+  assert resumed["step"] == result["step"] + 2
+
+
+def test_two_processes_equal_one_process(corpus, tmp_path):
+  import portpicker
+
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, PYTHONPATH=f"{TESTS}:{TESTS.parent}")
+  env.pop("XLA_FLAGS", None)
+  mp_run = tmp_path / "two"
+  procs = [subprocess.Popen([sys.executable, str(TESTS / "mp_pretrain.py"), str(i), str(port),
+                             str(mp_run), str(corpus)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  one = tmp_path / "one"
+  pretrain(config(one, corpus), quiet=True)
+  a, b = train_losses(mp_run), train_losses(one)
+  assert sorted(a) == sorted(b)
+  for s in a:
+    assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+  # the 2-process checkpoint restores in this single process (8 devices, another mesh)
+  resumed = pretrain(config(mp_run, corpus, "train.steps=10", "mesh.fsdp=2"), quiet=True)
+  assert resumed["step"] == 10
+  assert np.isfinite(train_losses(mp_run)[9])
+
+
+def test_cli_pretrain_then_fill_mask(corpus, tmp_path, capsys):
+  assert cli.main(["pretrain", *overrides(tmp_path, corpus, "train.steps=6")]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["steps"] == 6 and 0 <= summary["held_out_mlm_accuracy"] <= 1
+  assert (tmp_path / "config.yaml").exists() and (tmp_path / "events").is_dir()
+  assert cli.main(["fill-mask", str(tmp_path), "the [MASK] of the house", "--top-k", "3"]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert len(result[0]["predictions"]) == 3
+
+
+def test_bad_override_does_not_touch_the_run_dir(corpus, tmp_path, capsys):
+  assert cli.main(["pretrain", *overrides(tmp_path / "r", corpus), "train.stepz=3"]) == 2
+  assert "unknown config key train.stepz; did you mean train.steps?" in capsys.readouterr().err
+  assert not (tmp_path / "r").exists()
+  pretrain(config(tmp_path / "r", corpus, "train.steps=2"), quiet=True)
+  before = (tmp_path / "r" / "config.yaml").read_text()
+  assert cli.main(["pretrain", *overrides(tmp_path / "r", corpus, "model.num_layers=3")]) == 2
+  assert "different model config (model.num_layers)" in capsys.readouterr().err
+  assert (tmp_path / "r" / "config.yaml").read_text() == before
+
+
+def test_prepared_array_record_data_trains_identically(corpus, tmp_path, capsys):
+  assert cli.main(["prepare-data", f"data.source={corpus}", "--out", str(tmp_path / "prep"),
+                   "--shards", "2"]) == 0
+  a = pretrain(config(tmp_path / "raw", corpus, "train.steps=3"), quiet=True)
+  b = pretrain(config(tmp_path / "arr", corpus, "train.steps=3",
+                      f"data.source={tmp_path / 'prep'}"), quiet=True)
+  assert train_losses(tmp_path / "raw") == train_losses(tmp_path / "arr")
+  assert a["unigram_baseline_accuracy"] == b["unigram_baseline_accuracy"]
