@@ -185,7 +185,7 @@ def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size:
   ds = ds.map(MakeExample(store, spec, cfg.max_seq_length, pad_id, cfg.seed + seed_offset,
                           cfg.dynamic_masking or not shuffle))
   ds = ds.batch(local_batch_size, drop_remainder=True)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if cfg.num_workers > 0:
     from absl import flags
 
