@@ -135,6 +135,9 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--layers", type=int, default=12)
+  p.add_argument("--gap", type=float, default=0.5,
+                 help="seconds between turns, so neither side's spinning worker threads "
+                      "(OpenMP, Eigen) eat into the other's step")
   p.add_argument("--skip-pipeline", action="store_true")
   args = p.parse_args()
 
@@ -159,6 +162,7 @@ def main():
   for r in range(args.warmup + args.rounds):
     for name in (order if r % 2 == 0 else order[::-1]):
       conn = workers[name][0]
+      time.sleep(args.gap)
       conn.send("step")
       dt, loss = conn.recv()
       if r >= args.warmup:

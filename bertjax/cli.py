@@ -89,6 +89,10 @@ def _pretrain(args) -> None:
   from bertjax.config import experiment_config
   from bertjax.train.loop import pretrain
 
+  if args.distributed:  # Cloud TPU VMs / SLURM: coordinator and process ids are auto-detected
+    import jax
+
+    jax.distributed.initialize()
   preset, overrides = _preset_and_overrides(args.args)
   result = pretrain(experiment_config(preset, overrides))
   if result["preempted"]:
@@ -128,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
   s = sub.add_parser("pretrain", help="pretrain (or resume) from a preset/YAML + key=value overrides")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
+  s.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host TPU pods)")
   s.set_defaults(func=_pretrain)
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
