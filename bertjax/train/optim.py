@@ -24,9 +24,9 @@ def decay_mask(params):
   """True where weight decay applies: every parameter but biases and norm scales."""
 
   def keep(path, _):
-    last = path[-1]
-    name = getattr(last, "key", getattr(last, "name", last))
-    return str(name) not in NO_DECAY
+    # the parameter's name is the last dict key (an nnx Variable adds a trailing `.value`)
+    names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return names[-1] not in NO_DECAY
 
   return jax.tree_util.tree_map_with_path(keep, params)
 
