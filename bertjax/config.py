@@ -63,7 +63,17 @@ class ModelConfig:
   # ELECTRA joint generator (0 = none): width and depth as fractions of the discriminator.
   generator_hidden_size: float = 0.0
   generator_layers: float = 1.0
-  attention_impl: Literal["auto", "einsum", "xla"] = "auto"
+  # Rotary positions (position_embedding=rope): theta, and a separate theta for local layers.
+  rope_theta: float = 10000.0
+  local_rope_theta: float | None = None
+  # Alternating attention (ModernBERT): local layers see |i - j| <= local_window; layer i is
+  # global when i % global_every == 0 (so layer 0 is global). None = every layer global.
+  local_window: int | None = None
+  global_every: int = 1
+  first_layer_attention_norm: bool = True  # ModernBERT: layer 0 has no attention norm
+  mlm_transform: bool = True  # dense -> act -> norm before the decoder (EuroBERT: none)
+  decoder_bias: bool = True
+  attention_impl: Literal["auto", "einsum", "xla", "local"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"
 
@@ -96,6 +106,13 @@ class ModelConfig:
         raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
     if self.position_embedding == "absolute" and self.position_offset >= self.max_position_embeddings:
       raise ConfigError("model.position_offset must be smaller than model.max_position_embeddings")
+    if self.position_embedding == "rope" and self.dim_per_head % 2:
+      raise ConfigError(f"model.position_embedding=rope needs an even head dimension, got "
+                        f"{self.dim_per_head}")
+    if self.local_window is not None and self.local_window < 1:
+      raise ConfigError(f"model.local_window must be >= 1, got {self.local_window}")
+    if self.global_every < 1:
+      raise ConfigError(f"model.global_every must be >= 1, got {self.global_every}")
     if not 0.0 <= self.generator_hidden_size <= 1.0:
       raise ConfigError(f"model.generator_hidden_size must be in [0, 1], got {self.generator_hidden_size}")
 
@@ -110,6 +127,14 @@ class ModelConfig:
   @property
   def embed_size(self) -> int:
     return self.embedding_size or self.hidden_size
+
+  def is_local_layer(self, layer: int) -> bool:
+    return self.local_window is not None and layer % self.global_every != 0
+
+  def layer_theta(self, layer: int) -> float:
+    if self.is_local_layer(layer) and self.local_rope_theta is not None:
+      return self.local_rope_theta
+    return self.rope_theta
 
   @property
   def num_blocks(self) -> int:

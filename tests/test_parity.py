@@ -60,6 +60,25 @@ CASES = {
     "electra-generator": Case("ElectraForMaskedLM", T.ElectraConfig(
         vocab_size=101, embedding_size=16, hidden_size=24, num_hidden_layers=2,
         num_attention_heads=3, intermediate_size=37, max_position_embeddings=40)),
+    # ModernBERT: global every 3rd layer from 0, window +-4 (local_attention=8) < sequence
+    "modernbert-mlm": Case("ModernBertForMaskedLM", T.ModernBertConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=24, num_hidden_layers=4,
+        num_attention_heads=4, global_attn_every_n_layers=3, local_attention=8,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2),
+        types=False),
+    # a long sequence: local layers take the block-local path (no [len, len] scores)
+    "modernbert-long": Case("ModernBertForMaskedLM", T.ModernBertConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=24, num_hidden_layers=3,
+        num_attention_heads=2, global_attn_every_n_layers=2, local_attention=8,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2),
+        types=False, seq_len=45),
+    # EuroBERT: grouped-query attention (4 query heads, 2 kv heads), RoPE theta 250k
+    "eurobert-mlm": Case("EuroBertForMaskedLM", T.EuroBertConfig(
+        vocab_size=101, hidden_size=32, intermediate_size=24, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, mask_token_id=3, rope_parameters={"rope_theta": 250000.0,
+                                                          "rope_type": "default"}),
+        types=False),
 }
 
 
@@ -139,19 +158,21 @@ def test_export_loads_in_transformers_with_equal_outputs(name, tmp_path):
   ours = import_into_bertjax(hf_ref, tmp_path / "ref")  # only for the config
   fresh = Model(ours.config, rngs=nnx.Rngs(7))
   export_hf(fresh, tmp_path / "export")
-  loaded = getattr(T, case.hf_class).from_pretrained(tmp_path / "export").eval()
+  loaded = getattr(T, case.hf_class).from_pretrained(tmp_path / "export",
+                                                     attn_implementation="eager").eval()
   ids, mask, types = make_inputs(case, seed=1)
   diffs = compare(case, run_hf(loaded, ids, mask, types), ours_forward(fresh, ids, mask, types))
   assert max(diffs.values()) <= TOL, diffs
 
 
-@pytest.mark.parametrize("name", ["bert-pretraining", "albert-groups", "electra-discriminator"])
+@pytest.mark.parametrize("name", ["bert-pretraining", "albert-groups", "electra-discriminator",
+                                  "modernbert-mlm", "eurobert-mlm"])
 def test_import_export_round_trip_is_exact(name, tmp_path):
   case = CASES[name]
   hf = hf_model(case.hf_class, case.config)
   ours = import_into_bertjax(hf, tmp_path / "in")
   export_hf(ours, tmp_path / "out")
-  again = getattr(T, case.hf_class).from_pretrained(tmp_path / "out").eval()
+  again = getattr(T, case.hf_class).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
   for (k, a), (k2, b) in zip(sorted(hf.state_dict().items()), sorted(again.state_dict().items())):
     assert k == k2
     assert np.array_equal(a.numpy(), b.numpy()), k

@@ -17,6 +17,7 @@ from flax import nnx
 
 from bertjax.config import ConfigError, ModelConfig, from_dict
 from bertjax.models import Model, family_defaults, family_for_model_type, get_family
+from bertjax.interop.names import Part
 from bertjax.params import flat_params, flat_shapes
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
@@ -126,17 +127,19 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
 
   table = family.weight_names(cfg)
   shapes = flat_shapes(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
-  params, missing, mismatched = {}, [], []
+  params, missing, mismatched, used = {}, [], [], set()
   for ours, shape in shapes.items():
     entry = table[ours]
     if entry.hf not in state:
       missing.append(entry.hf)
       continue
-    value = state.pop(entry.hf)
+    value = state[entry.hf]
+    used.add(entry.hf)  # a fused weight feeds several parameters
     try:
       params[ours] = entry.transform.to_ours(value, shape)
     except ValueError:
       mismatched.append(f"{entry.hf} {tuple(value.shape)}")
+  state = {k: v for k, v in state.items() if k not in used}
   problems = []
   if missing:
     problems.append(f"missing keys: {_listing(sorted(missing))}")
@@ -159,7 +162,7 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
   table = family.weight_names(cfg)
   architecture, keeps_pooler = family.architecture(cfg)
   prefixed = not architecture.endswith("Model")
-  state = {}
+  state, parts = {}, {}
   for ours, value in flat_params(model).items():
     if ours.startswith(("generator.", "generator_mlm.")):
       continue  # ELECTRA's joint generator: the exported checkpoint is the discriminator
@@ -167,9 +170,15 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
       continue
     entry = table[ours]
     key = f"{family.hf_prefix}.{entry.hf}" if entry.body and prefixed else entry.hf
-    state[key] = np.ascontiguousarray(entry.transform.to_hf(np.asarray(value, dtype=np.float32)))
+    array = entry.transform.to_hf(np.asarray(value, dtype=np.float32))
+    if isinstance(entry.transform, Part):
+      parts.setdefault(key, {})[entry.transform.index] = array
+      continue
+    state[key] = np.ascontiguousarray(array)
     if ours == "mlm.bias" and not cfg.tie_word_embeddings and family.decoder_bias_key:
       state[family.decoder_bias_key] = state[key]  # untied: transformers reads decoder.bias
+  for key, pieces in parts.items():  # fused HF weights (ModernBERT Wqkv, Wi)
+    state[key] = np.ascontiguousarray(np.concatenate([pieces[i] for i in sorted(pieces)], axis=0))
   dst = Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})

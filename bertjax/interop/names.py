@@ -39,9 +39,28 @@ class Same:
 
 
 @dataclasses.dataclass(frozen=True)
+class Part:
+  """Part ``index`` of ``count`` equal row blocks of one fused HF weight (ModernBERT's Wqkv and
+  Wi). Import slices; export concatenates the parts in order."""
+
+  inner: Linear
+  index: int
+  count: int
+
+  def to_ours(self, a: np.ndarray, shape) -> np.ndarray:
+    rows = a.shape[0] // self.count
+    if rows * self.count != a.shape[0]:
+      raise ValueError(f"cannot split {a.shape[0]} rows into {self.count} parts")
+    return self.inner.to_ours(a[self.index * rows:(self.index + 1) * rows], shape)
+
+  def to_hf(self, a: np.ndarray) -> np.ndarray:
+    return self.inner.to_hf(a)
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
   hf: str
-  transform: Linear | Same
+  transform: Linear | Same | Part
   body: bool = True
 
 
@@ -58,6 +77,11 @@ class NameTable(dict):
     self.add(f"{ours}.kernel", f"{hf}.weight", Linear(num_in), body)
     if bias:
       self.add(f"{ours}.bias", f"{hf}.bias", Same(flat=True), body)
+
+  def fused(self, ours: list[str], hf: str, *, body: bool = True) -> None:
+    """Several bias-free bertjax projections stored as one HF weight, in this order."""
+    for i, name in enumerate(ours):
+      self.add(f"{name}.kernel", f"{hf}.weight", Part(Linear(1), i, len(ours)), body)
 
   def norm(self, ours: str, hf: str, *, bias: bool = True, body: bool = True) -> None:
     self.add(f"{ours}.scale", f"{hf}.weight", Same(flat=True), body)
@@ -88,8 +112,11 @@ class NameTable(dict):
 
   def mlm_head(self, cfg, names: dict[str, str]) -> None:
     """MLM transform, norm, output bias and (if untied) the decoder; HF head keys are top-level."""
-    self.linear("mlm.transform", names["transform"], body=False)
-    self.norm("mlm.norm", names["norm"], body=False)
-    self.add("mlm.bias", names["bias"], Same(), body=False)
+    if cfg.mlm_transform:
+      self.linear("mlm.transform", names["transform"], bias=cfg.use_bias, body=False)
+      self.norm("mlm.norm", names["norm"], bias=cfg.norm_bias and cfg.norm_type != "rmsnorm",
+                body=False)
+    if cfg.decoder_bias:
+      self.add("mlm.bias", names["bias"], Same(), body=False)
     if not cfg.tie_word_embeddings:
       self.linear("mlm.decoder", names["decoder"], bias=False, body=False)

@@ -4,7 +4,9 @@ The mask is described, not materialised, by ``AttentionMask``; each implementati
 it needs. Implementations behind one switch:
   * ``einsum``: the reference path; softmax in f32 with a finite fill; supports attention dropout.
   * ``xla``: ``jax.nn.dot_product_attention`` (fused by XLA); no dropout.
-  * ``auto``: ``xla`` unless attention dropout is active, then ``einsum``.
+  * ``local``: block-wise sliding-window attention for local layers (O(len x window) memory).
+  * ``auto``: ``local`` for a window much shorter than the sequence, else ``xla`` unless
+    attention dropout is active, then ``einsum``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,52 @@ def einsum_attention(q, k, v, mask, *, scale, dropout_rate=0.0, dropout_key=None
   return out.reshape(b, t, n, d)
 
 
+def local_attention(q, k, v, *, window: int, scale: float, padding_mask=None, segment_ids=None,
+                    dropout_rate: float = 0.0, dropout_key=None):
+  """Sliding-window attention (|i - j| <= window) computed block-wise: queries in blocks of
+  ``window`` see only the previous, own and next key blocks, so memory and time grow as
+  O(len x 3 window) -- no [len, len] score matrix is ever built."""
+  b, t, n, d = q.shape
+  kv_heads = k.shape[2]
+  c = window
+  nb = -(-t // c)
+  pad = nb * c - t
+
+  def blocks(x):  # [batch, len, ...] -> [batch, nb, c, ...], zero/False padded
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape(b, nb, c, *x.shape[2:])
+
+  def neighbours(x):  # [batch, len, ...] -> [batch, nb, 3c, ...]: previous, own, next block
+    xb = blocks(x)
+    widths = [(0, 0)] * (xb.ndim - 2)
+    prev = jnp.pad(xb[:, :-1], [(0, 0), (1, 0)] + widths)
+    nxt = jnp.pad(xb[:, 1:], [(0, 0), (0, 1)] + widths)
+    return jnp.concatenate([prev, xb, nxt], axis=2)
+
+  qb = blocks(q).reshape(b, nb, c, kv_heads, n // kv_heads, d)
+  kb, vb = neighbours(k), neighbours(v)  # [batch, nb, 3c, kv_heads, head_dim]
+  scores = jnp.einsum("bnqkgd,bnskd->bnkgqs", qb, kb, preferred_element_type=jnp.float32) * scale
+  qi = jnp.arange(nb)[:, None] * c + jnp.arange(c)[None]  # [nb, c] query positions
+  kj = jnp.arange(nb)[:, None] * c - c + jnp.arange(3 * c)[None]  # [nb, 3c] key positions
+  mask = ((jnp.abs(qi[:, :, None] - kj[:, None, :]) <= window) & (kj[:, None, :] >= 0)
+          & (kj[:, None, :] < t))[None]  # [1, nb, c, 3c]
+  if padding_mask is not None:
+    mask = mask & neighbours(padding_mask.astype(bool))[:, :, None, :]
+  if segment_ids is not None:
+    sq, sk = blocks(segment_ids), neighbours(segment_ids)
+    mask = mask & (sq[:, :, :, None] == sk[:, :, None, :]) & (sk[:, :, None, :] != 0)
+  scores = jnp.where(mask[:, :, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1)
+  probs = dropout(probs, dropout_rate, dropout_key).astype(v.dtype)
+  out = jnp.einsum("bnkgqs,bnskd->bnqkgd", probs, vb)
+  # A query whose whole window is masked (padding) gets uniform weights over *all* keys in the
+  # dense path (finite fill): the mean of v. Reproduce it so both paths agree everywhere.
+  any_valid = mask.any(-1)[:, :, :, None, None, None]  # [batch|1, nb, c, 1, 1, 1]
+  v_mean = v.mean(axis=1)[:, None, None, :, None, :]  # [batch, 1, 1, kv_heads, 1, head_dim]
+  out = jnp.where(any_valid, out, v_mean.astype(out.dtype))
+  return out.reshape(b, nb * c, n, d)[:, :t]
+
+
 def xla_attention(q, k, v, mask, *, scale):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
 
@@ -86,20 +134,28 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: AttentionMask, *, window: int | None = None,
                rope=None, dropout_key: jax.Array | None = None) -> jax.Array:
+    """x: [batch, len, hidden]. ``window``: local attention half-width; ``rope``: a function
+    applied to queries and keys ([batch, len, heads, head_dim])."""
     q, k, v = self.query(x), self.key(x), self.value(x)  # [batch, len, heads, head_dim]
     if rope is not None:
       q, k = rope(q), rope(k)
-    dense_mask = mask.dense(x.shape[1], x.shape[1], window)
-    impl = self.impl
+    t = x.shape[1]
     active_dropout = dropout_key is not None and self.dropout_rate > 0
+    impl = self.impl
     if impl == "auto":
-      impl = "einsum" if active_dropout else "xla"
-    if impl == "xla":
+      # block-local when a window is much shorter than the sequence (no [len, len] scores)
+      impl = ("local" if window is not None and t > 4 * window
+              else "einsum" if active_dropout else "xla")
+    if impl == "local" and window is not None:
+      out = local_attention(q, k, v, window=window, scale=self.scale,
+                            padding_mask=mask.padding_mask, segment_ids=mask.segment_ids,
+                            dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+    elif impl == "xla" or (impl == "local" and not active_dropout):
       if active_dropout:
         raise ValueError("attention_impl=xla has no attention dropout; use einsum or "
                          "model.attention_dropout=0")
-      out = xla_attention(q, k, v, dense_mask, scale=self.scale)
+      out = xla_attention(q, k, v, mask.dense(t, t, window), scale=self.scale)
     else:
-      out = einsum_attention(q, k, v, dense_mask, scale=self.scale,
+      out = einsum_attention(q, k, v, mask.dense(t, t, window), scale=self.scale,
                              dropout_rate=self.dropout_rate, dropout_key=dropout_key)
     return self.out(out)

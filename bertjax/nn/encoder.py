@@ -6,6 +6,7 @@ ALBERT's cross-layer sharing is a schedule over a smaller list of blocks (``bloc
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -17,28 +18,36 @@ from bertjax.nn.attention import Attention, AttentionMask
 from bertjax.nn.embeddings import Embeddings, default_positions
 from bertjax.nn.layers import Dense, dropout, dtypes, make_norm, split_key
 from bertjax.nn.mlp import Mlp
+from bertjax.nn.rope import apply_rope
 
 
 class Block(nnx.Module):
+  """One layer. ``layer`` fixes its attention type: local window and RoPE theta (ModernBERT
+  alternates global/local layers) and whether it has an attention norm (none at layer 0)."""
 
-  def __init__(self, cfg, *, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, rngs: nnx.Rngs, layer: int = 0):
     self.attention = Attention(cfg, rngs=rngs)
-    self.attention_norm = make_norm(cfg)
+    has_norm = layer > 0 or cfg.first_layer_attention_norm or cfg.norm_position == "post"
+    self.attention_norm = make_norm(cfg) if has_norm else None
     self.mlp = Mlp(cfg, rngs=rngs)
     self.mlp_norm = make_norm(cfg)
     self.pre_norm = cfg.norm_position == "pre"
     self.dropout_rate = cfg.hidden_dropout
+    self.window = cfg.local_window if cfg.is_local_layer(layer) else None
+    self.theta = cfg.layer_theta(layer) if cfg.position_embedding == "rope" else None
 
-  def __call__(self, x: jax.Array, mask: AttentionMask, *, dropout_key=None, **attn_kw):
+  def __call__(self, x: jax.Array, mask: AttentionMask, *, positions=None, dropout_key=None):
     k_attn, k_attn_out, k_mlp = split_key(dropout_key, 3)
+    attn_kw = dict(window=self.window, dropout_key=k_attn)
+    if self.theta is not None:
+      attn_kw["rope"] = functools.partial(apply_rope, positions=positions, theta=self.theta)
     if self.pre_norm:
-      x = x + dropout(self.attention(self.attention_norm(x), mask, dropout_key=k_attn, **attn_kw),
-                      self.dropout_rate, k_attn_out)
+      h = self.attention_norm(x) if self.attention_norm is not None else x
+      x = x + dropout(self.attention(h, mask, **attn_kw), self.dropout_rate, k_attn_out)
       x = x + dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, k_mlp)
     else:
       x = self.attention_norm(
-          x + dropout(self.attention(x, mask, dropout_key=k_attn, **attn_kw),
-                      self.dropout_rate, k_attn_out))
+          x + dropout(self.attention(x, mask, **attn_kw), self.dropout_rate, k_attn_out))
       x = self.mlp_norm(x + dropout(self.mlp(x), self.dropout_rate, k_mlp))
     return sharding.constrain(x, ("batch", "length", "act_embed"))
 
@@ -68,7 +77,7 @@ class Encoder(nnx.Module):
         Dense(cfg.embed_size, cfg.hidden_size, axes=("embed_factor", "embed"), rngs=rngs,
               std=cfg.initializer_range, **dtypes(cfg))
         if cfg.embed_size != cfg.hidden_size else None)
-    self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_blocks)])
+    self.layers = nnx.List([Block(cfg, rngs=rngs, layer=i) for i in range(cfg.num_blocks)])
     self.schedule = tuple(cfg.block_schedule())
     self.final_norm = make_norm(cfg) if cfg.norm_position == "pre" else None
     self.pooler = Pooler(cfg, rngs=rngs) if cfg.pooler else None
@@ -93,9 +102,10 @@ class Encoder(nnx.Module):
     layer_keys = split_key(k_layers, len(self.schedule))
     hidden_states = [x]
     for i, block_index in enumerate(self.schedule):
-      x = self.layers[block_index](x, mask, dropout_key=layer_keys[i])
+      x = self.layers[block_index](x, mask, positions=positions, dropout_key=layer_keys[i])
       hidden_states.append(x)  # one per applied block, as transformers records them (ALBERT too)
     if self.final_norm is not None:
       x = self.final_norm(x)
+      hidden_states[-1] = x  # transformers reports the normed output last (pre-norm models)
     pooled = self.pooler(x) if self.pooler is not None else None
     return EncoderOutput(x, pooled, tuple(hidden_states) if output_hidden_states else None)

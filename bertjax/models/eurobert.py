@@ -1,0 +1,81 @@
+"""EuroBERT (Boizard et al. 2025): a bidirectional Llama -- pre-RMSNorm (eps 1e-5), SwiGLU,
+bias-free linears, RoPE (theta 250k released, 10k during 2k-context pretraining), grouped-query
+attention, no embedding norm, a final norm and an untied, transform-free LM head."""
+
+from bertjax.config import ConfigError
+from bertjax.interop.names import NameTable, Same
+from bertjax.models.registry import Family, act_from_hf, act_to_hf, register
+
+BLOCK = {
+    "attention.query": "self_attn.q_proj", "attention.key": "self_attn.k_proj",
+    "attention.value": "self_attn.v_proj", "attention.out": "self_attn.o_proj",
+    "attention_norm": "input_layernorm", "mlp.wi": "mlp.gate_proj", "mlp.wi_gate": "mlp.up_proj",
+    "mlp.wo": "mlp.down_proj", "mlp_norm": "post_attention_layernorm",
+}
+
+
+def config_from_hf(d):
+  if d.get("attention_bias", False) != d.get("mlp_bias", False):
+    raise ConfigError("config.json attention_bias and mlp_bias must agree")
+  rope = d.get("rope_parameters") or {}
+  heads = d["num_attention_heads"]
+  head_dim = d.get("head_dim")
+  return dict(
+      vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=d.get("num_key_value_heads", heads),
+      head_dim=None if head_dim in (None, d["hidden_size"] // heads) else head_dim,
+      intermediate_size=d["intermediate_size"], hidden_act=act_from_hf(d.get("hidden_act", "silu")),
+      max_position_embeddings=d.get("max_position_embeddings", 8192),
+      pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else 0,
+      norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+      rope_theta=float(rope.get("rope_theta") or d.get("rope_theta", 10000.0)),
+      use_bias=bool(d.get("attention_bias", False)), decoder_bias=bool(d.get("mlp_bias", False)),
+      attention_dropout=float(d.get("attention_dropout", 0.0)),
+      initializer_range=float(d.get("initializer_range", 0.02)),
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+
+
+def config_to_hf(cfg):
+  return dict(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads, head_dim=cfg.dim_per_head,
+      intermediate_size=cfg.intermediate_size, hidden_act=act_to_hf(cfg.hidden_act),
+      max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
+      rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
+      attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias, attention_dropout=cfg.attention_dropout,
+      initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings)
+
+
+def weight_names(cfg):
+  if cfg.decoder_bias != cfg.use_bias and "mlm" in cfg.heads:
+    raise ConfigError("EuroBERT's lm_head has a bias exactly when the model's linears do")
+  t = NameTable()
+  t.embeddings(cfg, {"word": "embed_tokens"})
+  for i in range(cfg.num_blocks):
+    t.block(f"encoder.layers.{i}", f"layers.{i}", BLOCK, cfg)
+  t.norm("encoder.final_norm", "norm", bias=False)
+  if "mlm" in cfg.heads:
+    if cfg.tie_word_embeddings:
+      raise ConfigError("EuroBERT's LM head is untied (model.tie_word_embeddings=false)")
+    t.linear("mlm.decoder", "lm_head", bias=False, body=False)
+    if cfg.decoder_bias:
+      t.add("mlm.bias", "lm_head.bias", Same(), body=False)
+  return t
+
+
+def architecture(cfg):
+  return ("EuroBertForMaskedLM", False) if "mlm" in cfg.heads else ("EuroBertModel", False)
+
+
+DEFAULTS = dict(
+    vocab_size=128256, hidden_act="silu", mlp_type="glu", position_embedding="rope",
+    type_vocab_size=0, pad_token_id=128001, norm_type="rmsnorm", norm_eps=1e-5, norm_bias=False,
+    norm_position="pre", embedding_norm=False, use_bias=False, hidden_dropout=0.0,
+    attention_dropout=0.0, pooler=False, heads=("mlm",), mlm_transform=False,
+    tie_word_embeddings=False, decoder_bias=False, rope_theta=250000.0,
+    max_position_embeddings=8192)
+
+FAMILY = register(Family(
+    name="eurobert", defaults=DEFAULTS, hf_model_type="eurobert", hf_prefix="model",
+    config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
+    architecture=architecture, head_keys={"mlm": "lm_head.weight"}))

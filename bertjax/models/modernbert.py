@@ -1,0 +1,108 @@
+"""ModernBERT (Warner et al. 2024): pre-norm, bias-free LayerNorms and linears (the decoder
+bias is the only bias), GeGLU with Wi = [input; gate], RoPE with theta 160k on global and 10k
+on local layers, global attention every 3rd layer from layer 0 and a +-64 window elsewhere, an
+embedding LayerNorm and none before layer 0's attention, a final norm, a tied MLM decoder."""
+
+from bertjax.config import ConfigError
+from bertjax.interop.names import NameTable
+from bertjax.models.registry import Family, act_from_hf, act_to_hf, register
+
+
+def _global_every(layer_types: list[str]) -> int:
+  """The n with 'layer i is global iff i % n == 0' that reproduces ``layer_types``."""
+  for n in range(1, len(layer_types) + 1):
+    if all((t == "full_attention") == (i % n == 0) for i, t in enumerate(layer_types)):
+      return n
+  raise ConfigError(f"config.json layer_types {layer_types} is not 'global every n-th layer'")
+
+
+def config_from_hf(d):
+  layers = d["num_hidden_layers"]
+  every = d.get("global_attn_every_n_layers", 3)
+  layer_types = d.get("layer_types") or [
+      "full_attention" if i % every == 0 else "sliding_attention" for i in range(layers)]
+  rope = d.get("rope_parameters") or {}
+  if d.get("attention_bias", False) != d.get("mlp_bias", False) or \
+      d.get("classifier_bias", False) != d.get("attention_bias", False):
+    raise ConfigError("config.json attention_bias, mlp_bias and classifier_bias must agree")
+  return dict(
+      vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=layers,
+      num_heads=d["num_attention_heads"], intermediate_size=d["intermediate_size"],
+      hidden_act=act_from_hf(d.get("hidden_activation", "gelu"), "hidden_activation"),
+      head_act=act_from_hf(d.get("classifier_activation", "gelu"), "classifier_activation"),
+      max_position_embeddings=d.get("max_position_embeddings", 8192),
+      pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else 0,
+      norm_eps=float(d.get("norm_eps", 1e-5)), norm_bias=bool(d.get("norm_bias", False)),
+      use_bias=bool(d.get("attention_bias", False)), decoder_bias=bool(d.get("decoder_bias", True)),
+      rope_theta=float((rope.get("full_attention") or {}).get("rope_theta")
+                       or d.get("global_rope_theta", 160000.0)),
+      local_rope_theta=float((rope.get("sliding_attention") or {}).get("rope_theta")
+                             or d.get("local_rope_theta", 10000.0)),
+      local_window=d.get("local_attention", 128) // 2, global_every=_global_every(layer_types),
+      hidden_dropout=float(d.get("mlp_dropout", 0.0)),
+      attention_dropout=float(d.get("attention_dropout", 0.0)),
+      initializer_range=float(d.get("initializer_range", 0.02)),
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)))
+
+
+def config_to_hf(cfg):
+  layer_types = ["sliding_attention" if cfg.is_local_layer(i) else "full_attention"
+                 for i in range(cfg.num_layers)]
+  return dict(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+      hidden_activation=act_to_hf(cfg.hidden_act),
+      classifier_activation=act_to_hf(cfg.head_act or cfg.hidden_act),
+      max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
+      norm_eps=cfg.norm_eps, norm_bias=cfg.norm_bias, attention_bias=cfg.use_bias,
+      mlp_bias=cfg.use_bias, classifier_bias=cfg.use_bias, decoder_bias=cfg.decoder_bias,
+      layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
+      local_attention=2 * (cfg.local_window or cfg.max_position_embeddings),
+      rope_parameters={"full_attention": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+                       "sliding_attention": {"rope_theta": cfg.local_rope_theta or cfg.rope_theta,
+                                             "rope_type": "default"}},
+      embedding_dropout=cfg.hidden_dropout, mlp_dropout=cfg.hidden_dropout,
+      attention_dropout=cfg.attention_dropout, initializer_range=cfg.initializer_range,
+      tie_word_embeddings=cfg.tie_word_embeddings)
+
+
+def weight_names(cfg):
+  if cfg.kv_heads != cfg.num_heads:
+    raise ConfigError("ModernBERT's fused Wqkv needs num_kv_heads == num_heads")
+  if cfg.use_bias:
+    raise ConfigError("bertjax's ModernBERT mapping covers the released bias-free models only")
+  t = NameTable()
+  t.embeddings(cfg, {"word": "embeddings.tok_embeddings", "norm": "embeddings.norm"})
+  for i in range(cfg.num_blocks):
+    o, h = f"encoder.layers.{i}", f"layers.{i}"
+    if i > 0 or cfg.first_layer_attention_norm:
+      t.norm(f"{o}.attention_norm", f"{h}.attn_norm", bias=cfg.norm_bias)
+    t.fused([f"{o}.attention.query", f"{o}.attention.key", f"{o}.attention.value"],
+            f"{h}.attn.Wqkv")
+    t.linear(f"{o}.attention.out", f"{h}.attn.Wo", num_in=2, bias=False)
+    t.norm(f"{o}.mlp_norm", f"{h}.mlp_norm", bias=cfg.norm_bias)
+    t.fused([f"{o}.mlp.wi", f"{o}.mlp.wi_gate"], f"{h}.mlp.Wi")  # act(input) * gate
+    t.linear(f"{o}.mlp.wo", f"{h}.mlp.Wo", bias=False)
+  t.norm("encoder.final_norm", "final_norm", bias=cfg.norm_bias)
+  if "mlm" in cfg.heads:
+    t.mlm_head(cfg, {"transform": "head.dense", "norm": "head.norm", "bias": "decoder.bias",
+                     "decoder": "decoder"})
+  return t
+
+
+def architecture(cfg):
+  return ("ModernBertForMaskedLM", False) if "mlm" in cfg.heads else ("ModernBertModel", False)
+
+
+DEFAULTS = dict(
+    vocab_size=50368, hidden_act="gelu", head_act="gelu", mlp_type="glu", position_embedding="rope",
+    type_vocab_size=0, pad_token_id=50283, norm_eps=1e-5, norm_bias=False, norm_position="pre",
+    use_bias=False, hidden_dropout=0.0, attention_dropout=0.0, pooler=False, heads=("mlm",),
+    rope_theta=160000.0, local_rope_theta=10000.0, local_window=64, global_every=3,
+    first_layer_attention_norm=False, max_position_embeddings=8192)
+
+FAMILY = register(Family(
+    name="modernbert", defaults=DEFAULTS, hf_model_type="modernbert", hf_prefix="model",
+    config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
+    architecture=architecture, head_keys={"mlm": "head.dense.weight"},
+    decoder_key="decoder.weight"))
