@@ -106,6 +106,9 @@ class ModelConfig:
         raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
     if self.position_embedding == "absolute" and self.position_offset >= self.max_position_embeddings:
       raise ConfigError("model.position_offset must be smaller than model.max_position_embeddings")
+    if not 0 <= self.pad_token_id < self.vocab_size:
+      raise ConfigError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary "
+                        f"(model.vocab_size={self.vocab_size})")
     if self.position_embedding == "rope" and self.dim_per_head % 2:
       raise ConfigError(f"model.position_embedding=rope needs an even head dimension, got "
                         f"{self.dim_per_head}")

@@ -16,11 +16,13 @@ PUBLISHED = [p for p in PRESETS if not p.endswith("-tiny")]
 
 
 def test_every_family_has_published_and_tiny_presets():
-  for family in ("bert", "roberta", "albert", "distilbert", "electra", "spanbert"):
+  for family in ("bert", "roberta", "albert", "distilbert", "electra", "spanbert", "modernbert",
+                 "eurobert"):
     assert f"{family}-tiny" in PRESETS
   assert {"bert-base", "bert-large", "roberta-base", "roberta-large", "albert-base", "albert-large",
           "albert-xlarge", "albert-xxlarge", "distilbert-base", "electra-small", "electra-base",
-          "electra-large", "spanbert-base", "spanbert-large"} <= set(PUBLISHED)
+          "electra-large", "spanbert-base", "spanbert-large", "modernbert-base", "modernbert-large",
+          "eurobert-210m", "eurobert-610m", "eurobert-2.1b"} <= set(PUBLISHED)
 
 
 @pytest.mark.parametrize("preset", PUBLISHED)
@@ -50,6 +52,11 @@ def test_published_sizes():
   assert model_config("electra-small").generator().hidden_size == 64
   assert model_config("spanbert-base").vocab_size == 28996
   assert model_config("distilbert-base").type_vocab_size == 0
+  mb = model_config("modernbert-base")
+  assert [mb.is_local_layer(i) for i in range(4)] == [False, True, True, False]
+  assert (mb.layer_theta(0), mb.layer_theta(1), mb.local_window) == (160000.0, 10000.0, 64)
+  eb = model_config("eurobert-610m")
+  assert (eb.kv_heads, eb.dim_per_head, eb.norm_type, eb.tie_word_embeddings) == (6, 64, "rmsnorm", False)
 
 
 def test_overrides_apply_and_validate():
