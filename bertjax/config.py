@@ -73,7 +73,7 @@ class ModelConfig:
   first_layer_attention_norm: bool = True  # ModernBERT: layer 0 has no attention norm
   mlm_transform: bool = True  # dense -> act -> norm before the decoder (EuroBERT: none)
   decoder_bias: bool = True
-  attention_impl: Literal["auto", "einsum", "xla", "local"] = "auto"
+  attention_impl: Literal["auto", "einsum", "xla", "local", "splash"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"
 

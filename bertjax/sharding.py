@@ -153,6 +153,11 @@ def use_mesh(mesh: Mesh, rules=None) -> Iterator[Mesh]:
     _ACTIVE.reset(token)
 
 
+def active_mesh() -> tuple[Mesh, Any] | None:
+  """(mesh, rules) inside ``use_mesh``, else None."""
+  return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   active = _ACTIVE.get()
   if active is None:

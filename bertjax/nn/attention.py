@@ -4,6 +4,7 @@ The mask is described, not materialised, by ``AttentionMask``; each implementati
 it needs. Implementations behind one switch:
   * ``einsum``: the reference path; softmax in f32 with a finite fill; supports attention dropout.
   * ``xla``: ``jax.nn.dot_product_attention`` (fused by XLA); no dropout.
+  * ``splash``: the TPU Pallas splash-attention kernel (interpret mode off TPU), in shard_map.
   * ``local``: block-wise sliding-window attention for local layers (O(len x window) memory).
   * ``auto``: ``local`` for a window much shorter than the sequence, else ``xla`` unless
     attention dropout is active, then ``einsum``.
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bertjax.nn import splash
 from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
 
 
@@ -143,10 +145,20 @@ class Attention(nnx.Module):
     active_dropout = dropout_key is not None and self.dropout_rate > 0
     impl = self.impl
     if impl == "auto":
-      # block-local when a window is much shorter than the sequence (no [len, len] scores)
-      impl = ("local" if window is not None and t > 4 * window
-              else "einsum" if active_dropout else "xla")
-    if impl == "local" and window is not None:
+      # TPU: the Pallas splash kernel; elsewhere block-local when a window is much shorter
+      # than the sequence (no [len, len] scores), else the fused XLA path.
+      if not active_dropout and splash.on_tpu() and splash.supported(t):
+        impl = "splash"
+      else:
+        impl = ("local" if window is not None and t > 4 * window
+                else "einsum" if active_dropout else "xla")
+    if impl == "splash":
+      if active_dropout:
+        raise ValueError("attention_impl=splash has no attention dropout; set "
+                         "model.attention_dropout=0")
+      out = splash.splash_attention(q, k, v, scale=self.scale, window=window,
+                                    padding_mask=mask.padding_mask, segment_ids=mask.segment_ids)
+    elif impl == "local" and window is not None:
       out = local_attention(q, k, v, window=window, scale=self.scale,
                             padding_mask=mask.padding_mask, segment_ids=mask.segment_ids,
                             dropout_rate=self.dropout_rate, dropout_key=dropout_key)
