@@ -145,3 +145,39 @@ def test_train_tokenizer_cli(tmp_path):
                    "--kind", "wordpiece", "--vocab-size", "120"]) == 0
   assert (tmp_path / "tok" / "vocab.txt").exists()
   assert cli.main(["train-tokenizer", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t2")]) == 2
+
+
+def _legacy_config(folder, drop, add):
+  cfg = json.loads((folder / "config.json").read_text())
+  for key in drop:
+    cfg.pop(key, None)
+  cfg.update(add)
+  (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_hub_style_modernbert_and_remote_code_eurobert_configs(tmp_path):
+  """Older hub configs: ModernBERT's global/local_rope_theta + global_attn_every_n_layers with
+  no layer_types/rope_parameters; EuroBERT remote code's top-level rope_theta and auto_map."""
+  mb = hf_model("ModernBertForMaskedLM", T.ModernBertConfig(
+      vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=4,
+      num_attention_heads=2, global_attn_every_n_layers=2, local_attention=6,
+      global_rope_theta=80000.0, local_rope_theta=5000.0, pad_token_id=0, bos_token_id=1,
+      eos_token_id=2, cls_token_id=1, sep_token_id=2))
+  mb.save_pretrained(tmp_path / "mb")
+  _legacy_config(tmp_path / "mb", ["layer_types", "rope_parameters"],
+                 {"global_rope_theta": 80000.0, "local_rope_theta": 5000.0})
+  cfg, _ = load_hf(tmp_path / "mb")
+  assert (cfg.global_every, cfg.local_window, cfg.rope_theta, cfg.local_rope_theta) == \
+      (2, 3, 80000.0, 5000.0)
+  eb = hf_model("EuroBertForMaskedLM", T.EuroBertConfig(
+      vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
+      eos_token_id=2, mask_token_id=3, rope_parameters={"rope_theta": 250000.0,
+                                                        "rope_type": "default"}))
+  eb.save_pretrained(tmp_path / "eb")
+  _legacy_config(tmp_path / "eb", ["rope_parameters"], {
+      "rope_theta": 250000.0,
+      "auto_map": {"AutoModelForMaskedLM": "EuroBERT/EuroBERT-210m--modeling_eurobert.EuroBertForMaskedLM"}})
+  cfg, params = load_hf(tmp_path / "eb")
+  assert (cfg.rope_theta, cfg.kv_heads, cfg.heads) == (250000.0, 2, ("mlm",))
+  assert "mlm.decoder.kernel" in params

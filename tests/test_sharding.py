@@ -21,6 +21,8 @@ def tiny(family="bert", **kw):
               intermediate_size=64, max_position_embeddings=32)
   if family in ("albert", "electra"):
     base["embedding_size"] = 16
+  if family in ("modernbert", "eurobert"):
+    base.update(pad_token_id=0, local_window=4, num_kv_heads=2 if family == "eurobert" else None)
   return model_config({**base, **kw})
 
 
@@ -53,7 +55,8 @@ def sharded_forward(cfg, mesh, ids, mask):
   return model, hidden, logits
 
 
-CASES = [("bert", m) for m in MESHES] + [("albert", (2, 2, 2)), ("electra", (1, 2, 4))]
+CASES = [("bert", m) for m in MESHES] + [("albert", (2, 2, 2)), ("electra", (1, 2, 4)),
+                                         ("modernbert", (2, 2, 2)), ("eurobert", (1, 4, 2))]
 
 
 @pytest.mark.parametrize("family,shape", CASES, ids=lambda x: x if isinstance(x, str) else "x".join(map(str, x)))
