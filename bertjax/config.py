@@ -222,10 +222,14 @@ class DataConfig:
 class OptimConfig:
   """AdamW with the BERT recipe by default: decay off for biases and norms, linear warmup+decay."""
 
-  name: Literal["adamw", "lamb"] = "adamw"
+  name: Literal["adamw", "lamb", "stable_adamw"] = "adamw"
   learning_rate: float = 1e-4
   warmup_steps: int = 10000
-  schedule: Literal["linear", "constant"] = "linear"  # linear: warmup then linear decay to 0
+  # linear: warmup then linear decay to 0; wsd: warmup, stable, then decay over decay_steps
+  schedule: Literal["linear", "constant", "wsd"] = "linear"
+  decay_steps: int = 0
+  final_lr_fraction: float = 0.0
+  decay_shape: Literal["linear", "one_minus_sqrt"] = "one_minus_sqrt"
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-6
