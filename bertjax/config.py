@@ -277,6 +277,7 @@ class ExperimentConfig:
 
   name: str = "bert-demo"
   run_dir: str = "runs/bert-demo"
+  objective: Literal["mlm", "electra"] = "mlm"  # mlm covers MLM + NSP/SOP when those heads exist
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()

@@ -4,6 +4,19 @@
 accumulation microbatches), so accumulated gradients equal the full-batch gradient. ``sums``
 are additive statistics; ``finalize`` turns them into metrics."""
 
+from bertjax.config import ConfigError
+from bertjax.objectives.electra import ElectraObjective
 from bertjax.objectives.mlm import MlmObjective
 
-__all__ = ["MlmObjective"]
+__all__ = ["ElectraObjective", "MlmObjective", "make_objective"]
+
+
+def make_objective(cfg):
+  """The objective an ExperimentConfig names, checked against its model."""
+  if cfg.objective == "electra":
+    if not cfg.model.generator_hidden_size or "rtd" not in cfg.model.heads:
+      raise ConfigError("objective=electra needs model.generator_hidden_size > 0 and the rtd head")
+    return ElectraObjective()
+  if "mlm" not in cfg.model.heads:
+    raise ConfigError(f"objective=mlm needs the mlm head (model.heads={list(cfg.model.heads)})")
+  return MlmObjective()

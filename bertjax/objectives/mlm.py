@@ -47,10 +47,11 @@ class MlmObjective:
 
   @staticmethod
   def finalize(sums: dict) -> dict[str, float]:
-    m = {"mlm_loss": sums["mlm_loss"] / max(sums["mlm_count"], 1.0),
-         "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1.0)}
-    if "nsp_count" in sums:
-      m["nsp_loss"] = sums["nsp_loss"] / max(sums["nsp_count"], 1.0)
-      m["nsp_accuracy"] = sums["nsp_correct"] / max(sums["nsp_count"], 1.0)
+    s = {k: float(v) for k, v in sums.items() if k.startswith(("mlm_", "nsp_"))}
+    m = {"mlm_loss": s["mlm_loss"] / max(s["mlm_count"], 1.0),
+         "mlm_accuracy": s["mlm_correct"] / max(s["mlm_count"], 1.0)}
+    if "nsp_count" in s:
+      m["nsp_loss"] = s["nsp_loss"] / max(s["nsp_count"], 1.0)
+      m["nsp_accuracy"] = s["nsp_correct"] / max(s["nsp_count"], 1.0)
     m["loss"] = m["mlm_loss"] + m.get("nsp_loss", 0.0)
     return m

@@ -23,7 +23,7 @@ from bertjax.checkpoint import save_model_dir
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.pipeline import global_batch, load_corpus, make_dataset, masking_spec
 from bertjax.models import Model
-from bertjax.objectives import MlmObjective
+from bertjax.objectives import make_objective
 from bertjax.train.checkpoints import Checkpointer
 from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
 from bertjax.train.metrics import MetricWriter, Progress
@@ -81,7 +81,7 @@ def _batch_shardings(mesh, rules, example: dict) -> dict:
 
 
 def _to_host(tree):
-  return jax.tree.map(lambda x: float(np.asarray(x)), jax.device_get(tree))
+  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event | None = None,
@@ -113,7 +113,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   eval_iter = iter(make_dataset(corpus.eval, spec, cfg.data, local_batch_size=local_bs, pad_id=pad,
                                 shuffle=False, seed_offset=1))
   eval_local = [next(eval_iter) for _ in range(eval_count)]
-  objective = MlmObjective()
+  objective = make_objective(cfg)
   tx = make_optimizer(cfg.optim, cfg.train.steps)
   lr = schedule(cfg.optim, cfg.train.steps)
 
@@ -183,7 +183,8 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
             host = _to_host(done)
             elapsed = time.perf_counter() - window_start
             m = objective.finalize(host)
-            m.update(grad_norm=host["grad_norm"], learning_rate=host["learning_rate"])
+            m.update(grad_norm=float(host["grad_norm"]),
+                     learning_rate=float(host["learning_rate"]))
             if window_steps > 1:
               tps = tokens_per_step * (window_steps - 1) / elapsed
               m.update(tokens_per_second=tps, mfu=flops_per_step * tps / tokens_per_step / peak)
