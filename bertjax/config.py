@@ -57,7 +57,9 @@ class ModelConfig:
   num_hidden_groups: int = 0
   inner_group_num: int = 1
   pooler: bool = True
-  heads: tuple[str, ...] = ("mlm", "nsp")  # subset of: mlm, nsp, sop, rtd
+  heads: tuple[str, ...] = ("mlm", "nsp")  # subset of: mlm, nsp, sop, rtd, sbo
+  sbo_max_targets: int = 15  # SpanBERT span-boundary head: positions within a span
+  sbo_position_size: int = 200
   tie_word_embeddings: bool = True
   initializer_range: float = 0.02
   # ELECTRA joint generator (0 = none): width and depth as fractions of the discriminator.
@@ -94,9 +96,9 @@ class ModelConfig:
           f"model.num_hidden_groups={self.num_hidden_groups} must be in [0, num_layers={self.num_layers}]")
     if self.inner_group_num < 1:
       raise ConfigError(f"model.inner_group_num must be >= 1, got {self.inner_group_num}")
-    bad = set(self.heads) - {"mlm", "nsp", "sop", "rtd"}
+    bad = set(self.heads) - {"mlm", "nsp", "sop", "rtd", "sbo"}
     if bad:
-      raise ConfigError(f"model.heads has unknown head(s) {sorted(bad)}; use mlm, nsp, sop, rtd")
+      raise ConfigError(f"model.heads has unknown head(s) {sorted(bad)}; use mlm, nsp, sop, rtd, sbo")
     if {"nsp", "sop"} <= set(self.heads):
       raise ConfigError("model.heads may hold nsp or sop, not both (they are the same 2-way head)")
     if ({"nsp", "sop"} & set(self.heads)) and not self.pooler:
@@ -199,6 +201,12 @@ class DataConfig:
   random_token_prob: float = 0.1
   max_predictions_per_seq: int = 20
   whole_word_masking: bool = False
+  # token: BERT (per token, optionally whole words); ngram: ALBERT (whole-word n-grams, n <= 3
+  # with p(n) ~ 1/n); span: SpanBERT (geometric whole-word spans, one decision per span + SBO)
+  masking: Literal["token", "ngram", "span"] = "token"
+  ngram_max: int = 3
+  span_geometric_p: float = 0.2
+  span_max_words: int = 10
   dynamic_masking: bool = True  # new masks each epoch; False = one static mask per instance
   eval_fraction: float = 0.02  # documents held out for evaluation
   num_workers: int = 0  # grain worker processes (0 = in-process with threads)

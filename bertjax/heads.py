@@ -67,3 +67,27 @@ class ReplacedTokenHead(nnx.Module):
 
   def __call__(self, hidden: jax.Array) -> jax.Array:
     return self.prediction(ACTIVATIONS[self.act](self.dense(hidden)))[..., 0]
+
+
+class SpanBoundaryHead(nnx.Module):
+  """SpanBERT's span-boundary objective (SpanBERT pair_bert.py BertPairTargetPredictionHead):
+  from the tokens just outside a span and a relative-position embedding, two GeLU + LayerNorm
+  layers then the tied decoder predict each token inside the span."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    h, size = cfg.hidden_size, cfg.sbo_position_size
+    kw = dict(rngs=rngs, std=cfg.initializer_range, **dtypes(cfg))
+    self.position = Embed(cfg.sbo_max_targets, size, axes=("position", "embed_factor"), **kw)
+    self.dense1 = Dense(2 * h + size, h, axes=("embed_factor", "embed"), **kw)
+    self.norm1 = make_norm(cfg)
+    self.dense2 = Dense(h, h, axes=("embed", "hidden"), **kw)
+    self.norm2 = make_norm(cfg)
+    self.bias = param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)), ("vocab",))
+
+  def __call__(self, hidden, word_embeddings: Embed, left, right, relative) -> jax.Array:
+    """left/right/relative: [batch, P] -> logits [batch, P, vocab]."""
+    x = jnp.concatenate([gather_positions(hidden, left), gather_positions(hidden, right),
+                         self.position(relative)], axis=-1)
+    gelu = ACTIVATIONS["gelu"]
+    x = self.norm2(gelu(self.dense2(self.norm1(gelu(self.dense1(x))))))
+    return word_embeddings.attend(x) + self.bias[...].astype(x.dtype)

@@ -21,15 +21,22 @@ from bertjax.config import DataConfig
 from bertjax.data import sources
 from bertjax.data.instances import (InstanceStore, Specials, full_sentence_instances,
                                     nsp_instances, packed_instances)
-from bertjax.data.masking import MaskingSpec, mask_instance
+from bertjax.data.masking import MaskingSpec, SpanSpec, mask_instance, span_mask_instance
 from bertjax.data.tokenizer import Tokenizer
 
 _FOREVER = 2**40
 
 
+SHIPPED_TOKENIZERS = {  # vocabularies trained on the shipped corpus (bertjax train-tokenizer)
+    "corpus": "tokenizer",  # WordPiece, 8192, uncased (BERT)
+    "corpus-bpe": "tokenizer-bpe",  # byte-level BPE, 8192 (RoBERTa)
+    "corpus-spm": "tokenizer-spm",  # SentencePiece unigram, 8000, lowercased (ALBERT)
+}
+
+
 def load_tokenizer(cfg: DataConfig) -> Tokenizer:
-  if cfg.tokenizer == "corpus":
-    return Tokenizer.from_dir(sources.CORPUS_DIR / "tokenizer")
+  if cfg.tokenizer in SHIPPED_TOKENIZERS:
+    return Tokenizer.from_dir(sources.CORPUS_DIR / SHIPPED_TOKENIZERS[cfg.tokenizer])
   return Tokenizer.from_dir(cfg.tokenizer)
 
 
@@ -110,7 +117,8 @@ def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:
                      mask_rate=cfg.mask_rate, mask_token_prob=cfg.mask_token_prob,
                      random_token_prob=cfg.random_token_prob,
                      max_predictions=cfg.max_predictions_per_seq,
-                     whole_word=cfg.whole_word_masking)
+                     whole_word=cfg.whole_word_masking,
+                     ngram=cfg.ngram_max if cfg.masking == "ngram" else 1)
 
 
 class EpochSampler:
@@ -147,15 +155,24 @@ class MakeExample:
   """(epoch, example) -> padded, masked numpy features. Picklable for grain worker processes."""
 
   def __init__(self, store, spec: MaskingSpec, max_seq_length: int, pad_id: int, seed: int,
-               dynamic: bool):
+               dynamic: bool, span: SpanSpec | None = None):
     self.store, self.spec, self.length = store, spec, max_seq_length
-    self.pad_id, self.seed, self.dynamic = pad_id, seed, dynamic
+    self.pad_id, self.seed, self.dynamic, self.span = pad_id, seed, dynamic, span
+    # SpanBERT draws random replacements from the corpus unigram distribution
+    self.unigram = (store.ids[~store.special] if span is not None and hasattr(store, "special")
+                    else None)
 
   def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
     epoch, example = item
     x = self.store[example]
     key = [self.seed, epoch, example] if self.dynamic else [self.seed, example]
-    ids, positions, labels, weights = mask_instance(x, self.spec, np.random.default_rng(key))
+    rng = np.random.default_rng(key)
+    extra = {}
+    if self.span is not None:
+      ids, positions, labels, weights, extra = span_mask_instance(x, self.spec, self.span, rng,
+                                                                  self.unigram)
+    else:
+      ids, positions, labels, weights = mask_instance(x, self.spec, rng)
     n, t = len(ids), self.length
     out = {
         "input_ids": np.full(t, self.pad_id, np.int32),
@@ -172,18 +189,22 @@ class MakeExample:
     if x.segment_ids is not None:
       out["segment_ids"] = np.zeros(t, np.int32)
       out["segment_ids"][:n] = x.segment_ids
+    out.update(extra)
     return out
 
 
 def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size: int, pad_id: int,
-                 shuffle: bool = True, seed_offset: int = 0) -> grain.IterDataset:
+                 shuffle: bool = True, seed_offset: int = 0,
+                 sbo_max_targets: int = 15) -> grain.IterDataset:
   """This process's rows of every global batch (see ``EpochSampler``)."""
   sampler = EpochSampler(len(store), cfg.seed + seed_offset, shuffle=shuffle,
                          local_batch=local_batch_size, process_index=jax.process_index(),
                          process_count=jax.process_count())
   ds = grain.MapDataset.source(sampler)
+  span = (SpanSpec(cfg.span_geometric_p, cfg.span_max_words, sbo_max_targets)
+          if cfg.masking == "span" else None)
   ds = ds.map(MakeExample(store, spec, cfg.max_seq_length, pad_id, cfg.seed + seed_offset,
-                          cfg.dynamic_masking or not shuffle))
+                          cfg.dynamic_masking or not shuffle, span))
   ds = ds.batch(local_batch_size, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if cfg.num_workers > 0:

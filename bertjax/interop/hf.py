@@ -164,8 +164,8 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
   prefixed = not architecture.endswith("Model")
   state, parts = {}, {}
   for ours, value in flat_params(model).items():
-    if ours.startswith(("generator.", "generator_mlm.")):
-      continue  # ELECTRA's joint generator: the exported checkpoint is the discriminator
+    if ours.startswith(("generator.", "generator_mlm.", "sbo.")):
+      continue  # pretraining-only parts (ELECTRA's generator, SpanBERT's SBO) have no HF home
     if ours.startswith("encoder.pooler.") and not keeps_pooler:
       continue
     entry = table[ours]

@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from bertjax.config import ModelConfig
-from bertjax.heads import MlmHead, ReplacedTokenHead, SequenceRelationshipHead
+from bertjax.heads import MlmHead, ReplacedTokenHead, SequenceRelationshipHead, SpanBoundaryHead
 from bertjax.nn.encoder import Encoder
 from bertjax.nn.layers import split_key
 
@@ -36,6 +36,7 @@ class Model(nnx.Module):
     self.seq_relationship = (SequenceRelationshipHead(cfg, rngs=rngs)
                              if {"nsp", "sop"} & set(cfg.heads) else None)
     self.rtd = ReplacedTokenHead(cfg, rngs=rngs) if "rtd" in cfg.heads else None
+    self.sbo = SpanBoundaryHead(cfg, rngs=rngs) if "sbo" in cfg.heads else None
     if cfg.generator_hidden_size:
       gen = cfg.generator()
       self.generator = Encoder(gen, rngs=rngs, embeddings=self.encoder.embeddings)

@@ -107,11 +107,12 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   local_bs = cfg.train.batch_size // processes
   spec = masking_spec(cfg.data, corpus.tokenizer)
   pad = corpus.tokenizer.pad_id
+  sbo = dict(sbo_max_targets=cfg.model.sbo_max_targets)
   train_iter = iter(make_dataset(corpus.train, spec, cfg.data, local_batch_size=local_bs,
-                                 pad_id=pad, shuffle=True))
+                                 pad_id=pad, shuffle=True, **sbo))
   eval_count = min(cfg.train.eval_batches, max(1, len(corpus.eval) // cfg.train.batch_size))
   eval_iter = iter(make_dataset(corpus.eval, spec, cfg.data, local_batch_size=local_bs, pad_id=pad,
-                                shuffle=False, seed_offset=1))
+                                shuffle=False, seed_offset=1, **sbo))
   eval_local = [next(eval_iter) for _ in range(eval_count)]
   objective = make_objective(cfg)
   tx = make_optimizer(cfg.optim, cfg.train.steps)

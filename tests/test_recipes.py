@@ -1,0 +1,100 @@
+"""Family recipes held to their original code (within 3 sigma), and every family preset trains
+on the shipped corpus in the one engine with a falling loss."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bertjax.config import experiment_config
+from bertjax.data.instances import Instance
+from bertjax.data.masking import (MaskingSpec, SpanSpec, _select_ngrams, ngram_probabilities,
+                                  span_lengths_distribution, span_mask_instance)
+from bertjax.train.loop import pretrain
+
+from pretrain_helpers import small_corpus, train_losses
+from test_masking import sigma3
+
+MASK = 4
+
+
+def words_instance(n=256, word_len=1, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(10, 1000, n).astype(np.int32)
+  special = np.zeros(n, bool)
+  special[[0, -1]] = True
+  starts = np.zeros(n, bool)
+  starts[::word_len] = True
+  return Instance(ids, starts, np.zeros(n, np.int8), special)
+
+
+def test_ngram_lengths_follow_one_over_n():
+  assert np.allclose(ngram_probabilities(3), [6 / 11, 3 / 11, 2 / 11])
+  rng = np.random.default_rng(0)
+  counts = np.zeros(3)
+  for i in range(3000):
+    words = [np.array([k]) for k in range(1, 200)]  # one-token words, budget never binds first
+    first = _select_ngrams(words, budget=30, max_n=3, rng=np.random.default_rng([3, i]))
+    runs = np.split(first, np.flatnonzero(np.diff(first) != 1) + 1)
+    counts[min(len(runs[0]), 3) - 1] += 1  # first gram (possibly merged with a neighbour: rare)
+  total = counts.sum()
+  for n, p in enumerate(ngram_probabilities(3)):
+    assert abs(counts[n] / total - p) <= sigma3(p, total) + 0.02
+
+
+def test_span_lengths_follow_the_clipped_geometric():
+  span = SpanSpec(0.2, 10)
+  p = span_lengths_distribution(span)
+  assert np.isclose(p.sum(), 1) and np.allclose(p[1:] / p[:-1], 0.8)
+  spec = MaskingSpec(mask_id=MASK, vocab_size=1000, max_predictions=1000, mask_rate=0.15)
+  hist = np.zeros(10)
+  for i in range(2000):
+    x = words_instance(n=400, word_len=2, seed=i)
+    ids, pos, _, w, sbo = span_mask_instance(x, spec, span, np.random.default_rng([4, i]))
+    chosen = pos[w > 0]
+    runs = np.split(chosen, np.flatnonzero(np.diff(chosen) != 1) + 1)
+    first = runs[int(np.random.default_rng(i).integers(len(runs)))]
+    if len(runs) > 3 and first[-1] < 390 and len(first) % 2 == 0:
+      hist[min(len(first) // 2, 10) - 1] += 1  # a run's length in (2-token) words
+  frac = hist / hist.sum()
+  # merged neighbours make long runs slightly likelier; the short end must match the geometric
+  for k in range(3):
+    assert abs(frac[k] - p[k]) <= sigma3(p[k], hist.sum()) + 0.03, (k, frac[k], p[k])
+
+
+def test_span_masking_budget_whole_words_and_sbo_boundaries():
+  spec = MaskingSpec(mask_id=MASK, vocab_size=1000, max_predictions=200, mask_rate=0.15)
+  for i in range(50):
+    x = words_instance(n=128, word_len=3, seed=i)
+    ids, pos, labels, w, sbo = span_mask_instance(x, spec, SpanSpec(), np.random.default_rng(i))
+    k = int(w.sum())
+    assert k == math.ceil(126 * 0.15)
+    assert np.array_equal(labels[:k], x.ids[pos[:k]])
+    for slot in range(k):
+      if sbo["sbo_weights"][slot]:
+        left, right = sbo["sbo_left"][slot], sbo["sbo_right"][slot]
+        assert left < pos[slot] < right and left not in pos[:k] and right not in pos[:k]
+        assert sbo["sbo_relative"][slot] == min(pos[slot] - left - 1, 14)
+
+
+FAMILY_PRESETS = ["bert-demo", "roberta-tiny", "albert-tiny", "spanbert-tiny", "modernbert-tiny",
+                  "eurobert-tiny", "electra-tiny"]
+
+
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
+  corpus = small_corpus(tmp_path / "books.txt", paragraphs=300)
+  cfg = experiment_config(preset, [
+      f"run_dir={tmp_path / 'run'}", f"data.source={corpus}", "data.max_seq_length=64",
+      "train.steps=30", "train.batch_size=16", "train.log_every=1", "train.eval_every=1000",
+      "train.eval_batches=1", "optim.warmup_steps=3", "optim.learning_rate=3e-3",
+      "checkpoint.every=1000", "train.peak_flops_per_device=1e9"]
+      + (["optim.decay_steps=5"] if preset in ("modernbert-tiny", "eurobert-tiny") else []))
+  result = pretrain(cfg, quiet=True)
+  losses = train_losses(tmp_path / "run")
+  first = np.mean([losses[s] for s in (1, 2, 3)])
+  last = np.mean([losses[s] for s in (28, 29, 30)])
+  assert last < first, (preset, first, last)
+  assert np.isfinite(result["eval"]["loss"])
+  if preset == "spanbert-tiny":
+    assert "sbo_loss" in result["eval"]
