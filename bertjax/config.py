@@ -260,6 +260,9 @@ class TrainConfig:
   eval_batches: int = 20
   log_every: int = 50
   seed: int = 0
+  # Start from the parameters of another run or model folder (a new optimizer and schedule):
+  # ModernBERT's context extension, EuroBERT's annealing, continued pretraining.
+  init_from: str | None = None
   # Peak FLOP/s per device for MFU; null = measure an f32 matmul on CPU / table on TPU.
   peak_flops_per_device: float | None = None
 

@@ -98,3 +98,37 @@ def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
   assert np.isfinite(result["eval"]["loss"])
   if preset == "spanbert-tiny":
     assert "sbo_loss" in result["eval"]
+
+
+def test_modernbert_context_extension_starts_from_phase_one(tmp_path):
+  """Phase 2 is a second config: phase-1 parameters, a new theta and 4x longer sequences."""
+  from bertjax.checkpoint import load_model_dir
+  from bertjax.params import flat_params
+
+  corpus = small_corpus(tmp_path / "books.txt", paragraphs=200)
+  common = [f"data.source={corpus}", "train.batch_size=8", "train.eval_batches=1",
+            "train.eval_every=1000", "train.log_every=1", "checkpoint.every=1000",
+            "train.peak_flops_per_device=1e9"]
+  pretrain(experiment_config("modernbert-tiny", [
+      f"run_dir={tmp_path / 'p1'}", "train.steps=20", "data.max_seq_length=64",
+      "optim.decay_steps=2", "optim.warmup_steps=0", "optim.learning_rate=3e-3",
+      "model.rope_theta=10000", *common]), quiet=True)
+  phase2 = experiment_config("modernbert-tiny-context", [
+      f"run_dir={tmp_path / 'p2'}", f"train.init_from={tmp_path / 'p1'}", "train.steps=2",
+      "data.max_seq_length=256", *common])
+  assert phase2.model.rope_theta == 160000.0 and phase2.model.local_rope_theta == 10000.0
+  seen = {}
+  pretrain(phase2, quiet=True, on_step=lambda s: seen.setdefault("first", s))
+  p1, _ = load_model_dir(tmp_path / "p1")
+  p2, _ = load_model_dir(tmp_path / "p2")
+  a, b = flat_params(p1), flat_params(p2)
+  assert a.keys() == b.keys()
+  # started from phase 1 (two small steps later the weights are close, not re-initialised)
+  diff = max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a)
+  assert 0 < diff < 0.05
+  fresh = experiment_config("modernbert-tiny-context", [
+      f"run_dir={tmp_path / 'fresh'}", "train.init_from=null", "train.steps=2",
+      "data.max_seq_length=256", *common])
+  pretrain(fresh, quiet=True)
+  # the first step already benefits from phase 1; a fresh start sits near ln(vocab)
+  assert train_losses(tmp_path / "p2")[1] < train_losses(tmp_path / "fresh")[1] - 0.3

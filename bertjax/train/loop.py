@@ -143,6 +143,8 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     start = 0
     latest = checkpointer.latest_step()
+    if latest is None and cfg.train.init_from:
+      state = state.replace(params=_initial_params(cfg, state.params, mesh, rules))
     if latest is not None:
       target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             state, state_sh)
@@ -229,6 +231,24 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   return {"preempted": False, "step": step, "eval": final_eval, "train": last,
           "unigram_baseline_accuracy": baseline, "checkpoint": str(checkpointer.directory),
           "model": str(model_dir), "run_dir": str(run_dir)}
+
+
+def _initial_params(cfg: ExperimentConfig, params, mesh, rules):
+  """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh. The
+  architecture must have the same parameter shapes; RoPE theta, lengths, dropout may differ."""
+  from bertjax.checkpoint import load_model_dir, read_model_config
+
+  source = read_model_config(cfg.train.init_from)
+  if source.family != cfg.model.family:
+    raise ConfigError(f"train.init_from={cfg.train.init_from} holds a {source.family} model, "
+                      f"this run trains {cfg.model.family}")
+  loaded, _ = load_model_dir(cfg.train.init_from, mesh=mesh, rules=rules)
+  new = nnx.state(loaded)
+  shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  if shapes(new) != shapes(params):
+    raise ConfigError(f"train.init_from={cfg.train.init_from}: parameter shapes differ from "
+                      "model.* (only shape-preserving changes such as rope_theta or lengths)")
+  return jax.tree.map(lambda x, ref: jax.device_put(x, ref.sharding), new, params)
 
 
 def _unigram_baseline(eval_local: list[dict], token: int) -> float:
