@@ -283,18 +283,31 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """DistilBERT (transformers examples/research_projects/distillation, the published command)."""
+
+  teacher: str = ""  # a bertjax model folder with an MLM head (e.g. from `bertjax import-hf`)
+  layers: tuple[int, ...] = (0, 2, 4, 7, 9, 11)  # teacher layers copied into the student
+  temperature: float = 2.0
+  alpha_ce: float = 5.0  # soft cross-entropy (KL) to the teacher at temperature T, x T^2
+  alpha_mlm: float = 2.0  # hard MLM loss on the masked positions
+  alpha_cos: float = 1.0  # 1 - cos(student, teacher) on last hidden states
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One pretraining run: ``bertjax pretrain [PRESET_OR_YAML] [key=value ...]``."""
 
   name: str = "bert-demo"
   run_dir: str = "runs/bert-demo"
-  objective: Literal["mlm", "electra"] = "mlm"  # mlm covers MLM + NSP/SOP when those heads exist
+  objective: Literal["mlm", "electra", "distill"] = "mlm"  # mlm: MLM + NSP/SOP/SBO heads if any
   model: ModelConfig = ModelConfig()
   data: DataConfig = DataConfig()
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
+  distill: DistillConfig = DistillConfig()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,14 +5,17 @@ accumulation microbatches), so accumulated gradients equal the full-batch gradie
 are additive statistics; ``finalize`` turns them into metrics."""
 
 from bertjax.config import ConfigError
+from bertjax.objectives.distill import DistillObjective
 from bertjax.objectives.electra import ElectraObjective
 from bertjax.objectives.mlm import MlmObjective
 
-__all__ = ["ElectraObjective", "MlmObjective", "make_objective"]
+__all__ = ["DistillObjective", "ElectraObjective", "MlmObjective", "make_objective"]
 
 
-def make_objective(cfg):
+def make_objective(cfg, teacher_graphdef=None):
   """The objective an ExperimentConfig names, checked against its model."""
+  if cfg.objective == "distill":
+    return DistillObjective(teacher_graphdef, cfg.distill)
   if cfg.objective == "electra":
     if not cfg.model.generator_hidden_size or "rtd" not in cfg.model.heads:
       raise ConfigError("objective=electra needs model.generator_hidden_size > 0 and the rtd head")

@@ -19,11 +19,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import sharding
-from bertjax.checkpoint import save_model_dir
+from bertjax.checkpoint import load_model_dir, save_model_dir
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.pipeline import global_batch, load_corpus, make_dataset, masking_spec
 from bertjax.models import Model
 from bertjax.objectives import make_objective
+from bertjax.objectives.distill import student_config, student_from_teacher
+from bertjax.params import assign_flat_params, flat_params
 from bertjax.train.checkpoints import Checkpointer
 from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
 from bertjax.train.metrics import MetricWriter, Progress
@@ -91,6 +93,8 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   ``stop_event`` (set by SIGTERM too) stops after the current step with a checkpoint;
   ``on_step(step)`` is called after every dispatched step (hooks, tests)."""
   run_dir = Path(cfg.run_dir)
+  if cfg.objective == "distill":
+    cfg = _distillation_config(cfg)
   corpus = load_corpus(cfg.data)
   cfg = _resolve_model(cfg, corpus.tokenizer)
   _check_run_dir(run_dir, cfg)
@@ -114,31 +118,38 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   eval_iter = iter(make_dataset(corpus.eval, spec, cfg.data, local_batch_size=local_bs, pad_id=pad,
                                 shuffle=False, seed_offset=1, **sbo))
   eval_local = [next(eval_iter) for _ in range(eval_count)]
-  objective = make_objective(cfg)
   tx = make_optimizer(cfg.optim, cfg.train.steps)
   lr = schedule(cfg.optim, cfg.train.steps)
 
   with sharding.use_mesh(mesh, rules):
     model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)),
                                     mesh, rules)
+    teacher_graphdef = frozen = None
+    if cfg.objective == "distill":  # the teacher: frozen, sharded like the student
+      teacher, _ = load_model_dir(cfg.distill.teacher, mesh=mesh, rules=rules)
+      assign_flat_params(model, student_from_teacher(
+          flat_params(teacher), cfg.distill.layers, flat_params(model).keys()))
+      teacher_graphdef, frozen = nnx.split(teacher)
+    objective = make_objective(cfg, teacher_graphdef)
     graphdef, params = nnx.split(model)
     del model
     param_sh = jax.tree.map(lambda x: x.sharding, params)  # born sharded by the rules
     abstract = jax.eval_shape(lambda p: init_state(graphdef, p, tx, cfg.train.seed), params)
     replicated = NamedSharding(mesh, P())
+    frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
     state_sh = TrainState(step=replicated, params=param_sh,
                           opt_state=_opt_state_shardings(abstract.opt_state, abstract.params,
                                                          param_sh, mesh),
-                          key=replicated)
-    state = jax.jit(lambda p: init_state(graphdef, p, tx, cfg.train.seed),
-                    out_shardings=state_sh)(params)
+                          key=replicated, frozen=frozen_sh)
+    state = jax.jit(lambda p, f: init_state(graphdef, p, tx, cfg.train.seed, f),
+                    out_shardings=state_sh)(params, frozen)
     del params
     batch_sh = _batch_shardings(mesh, rules, eval_local[0])
     train_step = jax.jit(make_train_step(graphdef, objective, tx, cfg.train.grad_accum_steps, lr),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                          donate_argnums=0)
     eval_step = jax.jit(make_eval_step(graphdef, objective),
-                        in_shardings=(state_sh.params, batch_sh))
+                        in_shardings=(state_sh.params, batch_sh, frozen_sh))
 
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     start = 0
@@ -156,7 +167,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     def evaluate() -> dict:
       sums = None
       for b in eval_batches:
-        s = eval_step(state.params, b)
+        s = eval_step(state.params, b, state.frozen)
         sums = s if sums is None else jax.tree.map(lambda a, c: a + c, sums, s)
       return objective.finalize(_to_host(sums))
 
@@ -233,10 +244,27 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
           "model": str(model_dir), "run_dir": str(run_dir)}
 
 
+def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
+  """The student is a DistilBERT of the teacher's width; the teacher's tokenizer is the data's."""
+  from bertjax.checkpoint import read_model_config, resolve_model_dir
+
+  if not cfg.distill.teacher:
+    raise ConfigError("objective=distill needs distill.teacher (a model folder with an MLM head)")
+  teacher = read_model_config(cfg.distill.teacher)
+  if "mlm" not in teacher.heads:
+    raise ConfigError(f"distill.teacher={cfg.distill.teacher} has no MLM head")
+  if not cfg.distill.layers or max(cfg.distill.layers) >= teacher.num_layers:
+    raise ConfigError(f"distill.layers={list(cfg.distill.layers)} must index the teacher's "
+                      f"{teacher.num_layers} layers")
+  tokenizer = resolve_model_dir(cfg.distill.teacher) / "tokenizer"
+  return dataclasses.replace(cfg, model=student_config(teacher, cfg.distill.layers),
+                             data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer)))
+
+
 def _initial_params(cfg: ExperimentConfig, params, mesh, rules):
   """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh. The
   architecture must have the same parameter shapes; RoPE theta, lengths, dropout may differ."""
-  from bertjax.checkpoint import load_model_dir, read_model_config
+  from bertjax.checkpoint import read_model_config
 
   source = read_model_config(cfg.train.init_from)
   if source.family != cfg.model.family:

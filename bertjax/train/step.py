@@ -20,11 +20,18 @@ class TrainState:
   params: Any  # nnx.State of nnx.Param
   opt_state: Any
   key: jax.Array  # uint32[2] base key; step keys are fold_in(key, step) -> resume-exact
+  frozen: Any = None  # parameters used but never trained (a distillation teacher)
 
 
-def init_state(graphdef, params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(graphdef, params, tx: optax.GradientTransformation, seed: int,
+               frozen=None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    key=jax.random.PRNGKey(seed))
+                    key=jax.random.PRNGKey(seed), frozen=frozen)
+
+
+def _call(objective, model, batch, key, totals, frozen):
+  extra = {} if frozen is None else {"frozen": jax.lax.stop_gradient(frozen)}
+  return objective(model, batch, key, totals, **extra)
 
 
 def _split_microbatches(batch, n: int):
@@ -36,9 +43,8 @@ def _split_microbatches(batch, n: int):
 def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
                     grad_accum_steps: int = 1, lr_schedule: Callable | None = None):
 
-  def loss_fn(params, micro, key, totals):
-    model = nnx.merge(graphdef, params)
-    return objective(model, micro, key, totals)
+  def loss_fn(params, micro, key, totals, frozen):
+    return _call(objective, nnx.merge(graphdef, params), micro, key, totals, frozen)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -46,18 +52,19 @@ def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
     key = jax.random.fold_in(state.key, state.step)
     totals = objective.totals(batch)
     if grad_accum_steps == 1:
-      (loss, sums), grads = grad_fn(state.params, batch, key, totals)
+      (loss, sums), grads = grad_fn(state.params, batch, key, totals, state.frozen)
     else:
       micro = _split_microbatches(batch, grad_accum_steps)
 
       def body(carry, xs):
         i, mb = xs
-        (loss, sums), grads = grad_fn(state.params, mb, jax.random.fold_in(key, i), totals)
+        (loss, sums), grads = grad_fn(state.params, mb, jax.random.fold_in(key, i), totals,
+                                      state.frozen)
         acc = jax.tree.map(jnp.add, carry, (loss, sums, grads))
         return acc, None
 
       zeros = jax.eval_shape(lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro),
-                                             key, totals))
+                                             key, totals, state.frozen))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1], zeros[1]))
       (loss, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -73,9 +80,9 @@ def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
 
 def make_eval_step(graphdef, objective):
 
-  def eval_step(params, batch) -> dict:
+  def eval_step(params, batch, frozen=None) -> dict:
     model = nnx.merge(graphdef, params)
-    _, sums = objective(model, batch, None, objective.totals(batch))
+    _, sums = _call(objective, model, batch, None, objective.totals(batch), frozen)
     return sums
 
   return eval_step

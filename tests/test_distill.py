@@ -1,0 +1,104 @@
+"""DistilBERT: the student starts from the chosen teacher layers, the loss components equal a
+hand computation, and distillation from a real imported BERT teacher runs in the engine."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import transformers as T
+from flax import nnx
+
+from bertjax import cli
+from bertjax.checkpoint import load_model_dir
+from bertjax.config import DistillConfig, experiment_config
+from bertjax.models import Model
+from bertjax.objectives.distill import DistillObjective, student_config, student_from_teacher
+from bertjax.params import assign_flat_params, flat_params
+from bertjax.train.loop import pretrain
+
+from hf_oracle import hf_model
+from pretrain_helpers import small_corpus, train_losses
+
+
+def teacher_folder(tmp_path):
+  hf = hf_model("BertForMaskedLM", T.BertConfig(vocab_size=80, hidden_size=32, num_hidden_layers=4,
+                                                num_attention_heads=4, intermediate_size=48))
+  hf.save_pretrained(tmp_path / "hf")
+  assert cli.main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "teacher")]) == 0
+  return tmp_path / "teacher"
+
+
+def test_student_init_takes_the_selected_teacher_layers(tmp_path):
+  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+  cfg = student_config(teacher.config, (0, 3))
+  assert (cfg.family, cfg.num_layers, cfg.type_vocab_size, cfg.pooler) == ("distilbert", 2, 0, False)
+  student = Model(cfg, rngs=nnx.Rngs(1))
+  t = flat_params(teacher)
+  assign_flat_params(student, student_from_teacher(t, (0, 3), flat_params(student).keys()))
+  s = flat_params(student)
+  assert np.array_equal(s["encoder.layers.1.mlp.wi.kernel"], t["encoder.layers.3.mlp.wi.kernel"])
+  assert np.array_equal(s["encoder.layers.0.attention.query.bias"],
+                        t["encoder.layers.0.attention.query.bias"])
+  assert np.array_equal(s["encoder.embeddings.word.embedding"], t["encoder.embeddings.word.embedding"])
+  assert np.array_equal(s["mlm.transform.kernel"], t["mlm.transform.kernel"])
+  assert "encoder.embeddings.token_type.embedding" not in s
+
+
+def test_loss_components_match_a_hand_computation(tmp_path):
+  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+  student = Model(student_config(teacher.config, (1, 2)), rngs=nnx.Rngs(2))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 80, (2, 10)).astype(np.int32)
+  mask = np.ones_like(ids, bool)
+  mask[1, 7:] = False
+  batch = {"input_ids": ids, "padding_mask": mask, "masked_positions": np.array([[1, 4], [2, 5]], np.int32),
+           "masked_ids": np.array([[7, 9], [11, 13]], np.int32),
+           "masked_weights": np.array([[1, 1], [1, 0]], np.float32)}
+  cfg = DistillConfig(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
+  tg, tp = nnx.split(teacher)
+  obj = DistillObjective(tg, cfg)
+  loss, sums = obj(student, batch, None, obj.totals(batch), frozen=tp)
+  # by hand, in numpy
+  t = teacher(jnp.asarray(ids), padding_mask=jnp.asarray(mask))
+  s = student(jnp.asarray(ids), padding_mask=jnp.asarray(mask))
+  tl, sl = np.asarray(t.mlm_logits, np.float64) / 2, np.asarray(s.mlm_logits, np.float64) / 2
+  logsm = lambda x: x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+  pt, lt, ls = np.exp(logsm(tl)), logsm(tl), logsm(sl)
+  real = mask.astype(np.float64)
+  ce = (pt * (lt - ls)).sum(-1)[real > 0].mean() * 4  # KLDiv batchmean x T^2
+  ht, hs = np.asarray(t.last_hidden_state, np.float64), np.asarray(s.last_hidden_state, np.float64)
+  cos = (1 - (ht * hs).sum(-1) / np.linalg.norm(ht, axis=-1) / np.linalg.norm(hs, axis=-1))[real > 0].mean()
+  full = np.asarray(s.mlm_logits, np.float64)
+  mlm_terms = []
+  for b in range(2):
+    for j in range(2):
+      if batch["masked_weights"][b, j]:
+        row = full[b, batch["masked_positions"][b, j]]
+        mlm_terms.append(np.log(np.exp(row - row.max()).sum()) + row.max() - row[batch["masked_ids"][b, j]])
+  mlm = np.mean(mlm_terms)
+  m = obj.finalize(jax.device_get(sums))
+  assert abs(m["ce_loss"] - ce) <= 1e-5 * max(1, ce)
+  assert abs(m["cos_loss"] - cos) <= 1e-5
+  assert abs(m["mlm_loss"] - mlm) <= 1e-5 * max(1, mlm)
+  assert abs(float(loss) - (5 * ce + 2 * mlm + 1 * cos)) <= 1e-4
+
+
+def test_distillation_from_a_real_bert_teacher(tmp_path):
+  import os
+
+  import cognition
+
+  src = os.path.join(os.path.dirname(cognition.__file__), "model")
+  assert cli.main(["import-hf", src, str(tmp_path / "teacher")]) == 0
+  corpus = small_corpus(tmp_path / "books.txt", paragraphs=200)
+  cfg = experiment_config("distilbert-demo", [
+      f"run_dir={tmp_path / 'run'}", f"distill.teacher={tmp_path / 'teacher'}",
+      "distill.layers=[1]", f"data.source={corpus}", "data.max_seq_length=64", "train.steps=20",
+      "train.batch_size=8", "train.log_every=1", "train.eval_every=1000", "train.eval_batches=1",
+      "optim.warmup_steps=2", "optim.learning_rate=1e-3", "checkpoint.every=1000",
+      "train.peak_flops_per_device=1e9"])
+  result = pretrain(cfg, quiet=True)
+  losses = train_losses(tmp_path / "run")
+  assert np.mean([losses[s] for s in (18, 19, 20)]) < np.mean([losses[s] for s in (1, 2, 3)])
+  assert {"ce_loss", "cos_loss", "mlm_loss"} <= set(result["eval"])
+  student, _ = load_model_dir(tmp_path / "run")
+  assert student.config.family == "distilbert" and student.config.num_layers == 1
