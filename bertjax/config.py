@@ -194,6 +194,9 @@ class DataConfig:
   # Instances (google-research/bert create_pretraining_data.py semantics).
   instances: Literal["nsp", "sop", "full_sentences", "packed"] = "nsp"
   short_seq_prob: float = 0.1
+  # ALBERT SOP: a single-chunk document gets a random-document B labelled 1 ("random", as the
+  # original create_pretraining_data.py does -- an NSP leftover) or is skipped ("drop").
+  sop_single_chunk: Literal["random", "drop"] = "random"
   # Masking: rate of selected tokens; of those, mask_token_prob -> [MASK], random_token_prob ->
   # a random id, the rest unchanged (BERT 0.15 / 0.8 / 0.1).
   mask_rate: float = 0.15

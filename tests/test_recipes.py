@@ -42,6 +42,26 @@ def test_ngram_lengths_follow_one_over_n():
     assert abs(counts[n] / total - p) <= sigma3(p, total) + 0.02
 
 
+def test_modernbert_masks_30_percent():
+  from bertjax.data.masking import select_positions
+
+  spec = MaskingSpec(mask_id=MASK, vocab_size=1000, max_predictions=200, mask_rate=0.3)
+  for n in (64, 128, 255):
+    x = words_instance(n=n)
+    assert len(select_positions(x, spec, np.random.default_rng(n))) == round(n * 0.3)
+
+
+def test_sop_single_chunk_documents_can_be_dropped():
+  from bertjax.data.instances import Specials, nsp_instances
+
+  one_sentence_docs = [[(np.arange(10, 40, dtype=np.int32), np.ones(30, bool))] for _ in range(50)]
+  kw = dict(max_seq_length=64, short_seq_prob=0.0, sop=True)
+  kept = nsp_instances(one_sentence_docs, Specials(2, 3), rng=np.random.default_rng(0), **kw)
+  dropped = nsp_instances(one_sentence_docs, Specials(2, 3), rng=np.random.default_rng(0),
+                          sop_single_chunk="drop", **kw)
+  assert len(kept) == 50 and all(x.label == 1 for x in kept) and dropped == []
+
+
 def test_span_lengths_follow_the_clipped_geometric():
   span = SpanSpec(0.2, 10)
   p = span_lengths_distribution(span)
@@ -96,8 +116,22 @@ def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
   last = np.mean([losses[s] for s in (28, 29, 30)])
   assert last < first, (preset, first, last)
   assert np.isfinite(result["eval"]["loss"])
-  if preset == "spanbert-tiny":
+  if preset == "spanbert-tiny":  # the body (and MLM head) exports as a plain BERT
+    import transformers as T
+
+    from bertjax import cli
+    from bertjax.checkpoint import load_model_dir
+
     assert "sbo_loss" in result["eval"]
+    assert cli.main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    hf = T.BertForMaskedLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    ours, _ = load_model_dir(tmp_path / "run")
+    ids = np.random.default_rng(0).integers(5, 1000, (2, 16))
+    import torch
+
+    with torch.no_grad():
+      ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.max(np.abs(np.asarray(ours(ids).mlm_logits) - ref)) <= 1e-5
 
 
 def test_modernbert_context_extension_starts_from_phase_one(tmp_path):

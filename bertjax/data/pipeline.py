@@ -66,7 +66,7 @@ def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int) -> I
   if cfg.instances in ("nsp", "sop"):
     instances = nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
                               short_seq_prob=cfg.short_seq_prob, rng=rng,
-                              sop=cfg.instances == "sop")
+                              sop=cfg.instances == "sop", sop_single_chunk=cfg.sop_single_chunk)
   elif cfg.instances == "full_sentences":
     instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length)
   else:
