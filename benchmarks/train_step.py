@@ -91,7 +91,7 @@ def torch_worker(conn, args):
                 attention_mask=torch.ones(args.batch, args.seq, dtype=torch.long),
                 labels=mlm_labels, next_sentence_label=torch.tensor(nsp, dtype=torch.long))
   conn.send("ready")
-  while (msg := conn.recv()) != "stop":
+  while conn.recv() != "stop":
     t = time.perf_counter()
     loss = model(**inputs).loss
     loss.backward()

@@ -2,7 +2,6 @@
 a sample differs from the original, a falling loss in the shared engine, and the discriminator
 exported as ElectraForPreTraining."""
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -30,7 +30,6 @@ def words_instance(n=256, word_len=1, seed=0):
 
 def test_ngram_lengths_follow_one_over_n():
   assert np.allclose(ngram_probabilities(3), [6 / 11, 3 / 11, 2 / 11])
-  rng = np.random.default_rng(0)
   counts = np.zeros(3)
   for i in range(3000):
     words = [np.array([k]) for k in range(1, 200)]  # one-token words, budget never binds first

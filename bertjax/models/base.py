@@ -14,7 +14,6 @@ from flax import nnx
 from bertjax.config import ModelConfig
 from bertjax.heads import MlmHead, ReplacedTokenHead, SequenceRelationshipHead, SpanBoundaryHead
 from bertjax.nn.encoder import Encoder
-from bertjax.nn.layers import split_key
 
 
 class ModelOutput(NamedTuple):

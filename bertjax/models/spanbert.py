@@ -4,7 +4,7 @@ masking; its checkpoints are plain HF BERT. The span-boundary head comes with th
 import dataclasses
 
 from bertjax.models import bert
-from bertjax.models.registry import Family, register
+from bertjax.models.registry import register
 
 FAMILY = register(dataclasses.replace(
     bert.FAMILY, name="spanbert",
