@@ -323,12 +323,11 @@ def _check_value(tp: Any, value: Any, field: str) -> Any:
   if tp is Any:
     return value
   if origin in (typing.Union, types.UnionType):
-    errors = []
     for arg in args:
       try:
         return _check_value(arg, value, field)
-      except ConfigError as e:
-        errors.append(str(e))
+      except ConfigError:
+        pass
     raise ConfigError(f"{field}: {value!r} does not match {_type_name(tp)}")
   if tp is type(None):
     if value is None:

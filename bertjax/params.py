@@ -47,6 +47,3 @@ def assign_flat_params(model: nnx.Module, values: dict[str, np.ndarray], *, stri
   nnx.update(model, state)
   return model
 
-
-def count_params(model: nnx.Module) -> int:
-  return sum(int(np.prod(v.shape)) for v in flat_params(model).values())

@@ -124,14 +124,6 @@ def create_sharded(make_model, mesh: Mesh, rules=None):
   return nnx.merge(graphdef, state)
 
 
-def shard_model(model, mesh: Mesh, rules=None):
-  """Move an existing model's parameters onto ``mesh`` according to the rules."""
-  graphdef, state = nnx.split(model)
-  shardings = state_shardings(state, mesh, rules)
-  state = jax.device_put(state, shardings)
-  return nnx.merge(graphdef, state)
-
-
 def batch_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
   """Sharding for a ``[batch, ...]`` input array: batch over the data-parallel axes."""
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), None, mesh, rules))

@@ -9,7 +9,6 @@ The grain iterator state is just an index, saved in every checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Iterator
 
@@ -81,12 +80,11 @@ class Corpus:
   train: InstanceStore
   eval: InstanceStore
   tokenizer: Tokenizer
+  unigram_token: int  # the most frequent non-template training token (the unigram baseline)
 
-  @functools.cached_property
-  def unigram_token(self) -> int:
-    """The most frequent non-template training token: the unigram baseline's prediction."""
-    counts = np.bincount(self.train.ids[~self.train.special], minlength=self.tokenizer.vocab_size)
-    return int(np.argmax(counts))
+
+def most_frequent_token(store: InstanceStore, vocab_size: int) -> int:
+  return int(np.argmax(np.bincount(store.ids[~store.special], minlength=vocab_size)))
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
@@ -96,11 +94,9 @@ def load_corpus(cfg: DataConfig) -> Corpus:
   if prepare.is_prepared(cfg.source):
     root = Path(cfg.source)
     meta = prepare.read_meta(root)
-    corpus = Corpus(prepare.ArrayRecordStore([root / n for n in meta["train"]]),
-                    prepare.ArrayRecordStore([root / n for n in meta["eval"]]),
-                    Tokenizer.from_dir(root / "tokenizer"))
-    corpus.__dict__["unigram_token"] = meta["unigram_token"]
-    return corpus
+    return Corpus(prepare.ArrayRecordStore([root / n for n in meta["train"]]),
+                  prepare.ArrayRecordStore([root / n for n in meta["eval"]]),
+                  Tokenizer.from_dir(root / "tokenizer"), meta["unigram_token"])
   tokenizer = load_tokenizer(cfg)
   docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
                                 tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
@@ -109,7 +105,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
   train_docs, eval_docs = sources.split_heldout(docs, cfg.eval_fraction, cfg.seed)
   train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
   heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1)
-  return Corpus(train, heldout, tokenizer)
+  return Corpus(train, heldout, tokenizer, most_frequent_token(train, tokenizer.vocab_size))
 
 
 def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:

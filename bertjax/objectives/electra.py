@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from bertjax.objectives.mlm import cross_entropy
 
@@ -56,7 +58,7 @@ class ElectraObjective:
                                             ok)).astype(jnp.float32)
     real = batch["padding_mask"].astype(jnp.float32)
     disc_logits = model(disc_input, dropout_key=k_disc, **common).rtd_logits.astype(jnp.float32)
-    bce = optax_sigmoid_bce(disc_logits, replaced)
+    bce = optax.sigmoid_binary_cross_entropy(disc_logits, replaced)
     # histogram of discriminator logits in [-8, 8] (probabilities clump early in training)
     bins = jnp.clip(((disc_logits + 8.0) / 16.0 * AUC_BINS).astype(jnp.int32), 0, AUC_BINS - 1)
     one_hot = jax.nn.one_hot(bins, AUC_BINS) * real[..., None]
@@ -75,8 +77,6 @@ class ElectraObjective:
     return loss, sums
 
   def finalize(self, sums: dict) -> dict[str, float]:
-    import numpy as np
-
     pos, neg = np.asarray(sums["auc_pos"]), np.asarray(sums["auc_neg"])
     # P(score_pos > score_neg) from the histograms, ties counted half
     below = np.cumsum(neg) - neg
@@ -89,9 +89,3 @@ class ElectraObjective:
          "replaced_fraction": float(sums["replaced"]) / max(float(sums["rtd_count"]), 1.0)}
     m["loss"] = m["mlm_loss"] + self.disc_weight * m["rtd_loss"]
     return m
-
-
-def optax_sigmoid_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  import optax
-
-  return optax.sigmoid_binary_cross_entropy(logits, labels)

@@ -37,13 +37,12 @@ def _check_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
   """A run folder holds one model: resuming with another architecture is refused up front."""
   saved = run_dir / "config.yaml"
   if saved.exists():
-    old = yaml.safe_load(saved.read_text()) or {}
-    new = to_dict(cfg)
-    for section in ("model",):
-      diff = sorted(k for k in new[section] if old.get(section, {}).get(k) != new[section][k])
-      if diff:
-        raise ConfigError(f"{run_dir} holds a run with a different {section} config "
-                          f"({', '.join(f'{section}.{k}' for k in diff[:4])}); choose another run_dir")
+    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
+    new = to_dict(cfg.model)
+    diff = sorted(k for k in new if old.get(k) != new[k])
+    if diff:
+      raise ConfigError(f"{run_dir} holds a run with a different model config "
+                        f"({', '.join(f'model.{k}' for k in diff[:4])}); choose another run_dir")
 
 
 def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
