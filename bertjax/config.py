@@ -21,6 +21,8 @@ class ConfigError(ValueError):
 
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+PRETRAINING_HEADS = ("mlm", "nsp", "sop", "rtd", "sbo")
+TASK_HEADS = ("classifier", "token_classifier", "qa")  # fine-tuning: at most one per model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,9 @@ class ModelConfig:
   num_hidden_groups: int = 0
   inner_group_num: int = 1
   pooler: bool = True
-  heads: tuple[str, ...] = ("mlm", "nsp")  # subset of: mlm, nsp, sop, rtd, sbo
+  # Subset of PRETRAINING_HEADS (mlm, nsp, sop, rtd, sbo) plus at most one of TASK_HEADS
+  # (classifier, token_classifier, qa).
+  heads: tuple[str, ...] = ("mlm", "nsp")
   sbo_max_targets: int = 15  # SpanBERT span-boundary head: positions within a span
   sbo_position_size: int = 200
   tie_word_embeddings: bool = True
@@ -75,6 +79,20 @@ class ModelConfig:
   first_layer_attention_norm: bool = True  # ModernBERT: layer 0 has no attention norm
   mlm_transform: bool = True  # dense -> act -> norm before the decoder (EuroBERT: none)
   decoder_bias: bool = True
+  # Fine-tuning heads, named after transformers' task models. The sequence classifier reads the
+  # pooler (BERT, ALBERT), the first token (RoBERTa, ELECTRA, DistilBERT, ModernBERT), the
+  # masked mean, or averages per-token logits ("late", EuroBERT). "sequence" adds a
+  # dense -> act [-> norm] transform before the sequence classifier; "all" before every task
+  # head (ModernBERT's shared prediction head).
+  num_labels: int = 2
+  labels: tuple[str, ...] = ()  # label names, index = class id (HF id2label); () -> LABEL_i
+  problem_type: Literal["single_label", "multi_label", "regression"] = "single_label"
+  classifier_pooling: Literal["pooler", "cls", "mean", "late"] = "pooler"
+  classifier_transform: Literal["none", "sequence", "all"] = "none"
+  classifier_act: Literal["gelu", "gelu_tanh", "relu", "silu", "tanh"] = "tanh"
+  classifier_norm: bool = False
+  classifier_bias: bool = True
+  classifier_dropout: float | None = None  # None -> hidden_dropout
   attention_impl: Literal["auto", "einsum", "xla", "local", "splash"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -96,9 +114,23 @@ class ModelConfig:
           f"model.num_hidden_groups={self.num_hidden_groups} must be in [0, num_layers={self.num_layers}]")
     if self.inner_group_num < 1:
       raise ConfigError(f"model.inner_group_num must be >= 1, got {self.inner_group_num}")
-    bad = set(self.heads) - {"mlm", "nsp", "sop", "rtd", "sbo"}
+    bad = set(self.heads) - set(PRETRAINING_HEADS) - set(TASK_HEADS)
     if bad:
-      raise ConfigError(f"model.heads has unknown head(s) {sorted(bad)}; use mlm, nsp, sop, rtd, sbo")
+      raise ConfigError(f"model.heads has unknown head(s) {sorted(bad)}; use "
+                        f"{', '.join(PRETRAINING_HEADS + TASK_HEADS)}")
+    if len(set(self.heads) & set(TASK_HEADS)) > 1:
+      raise ConfigError(f"model.heads may hold one task head, got {list(self.heads)}")
+    if self.task_head and self.num_labels < 1:
+      raise ConfigError(f"model.num_labels must be >= 1, got {self.num_labels}")
+    if self.labels and len(self.labels) != self.num_labels:
+      raise ConfigError(f"model.labels has {len(self.labels)} names but model.num_labels="
+                        f"{self.num_labels}")
+    if self.task_head == "classifier" and self.classifier_pooling == "pooler" and not self.pooler:
+      raise ConfigError("model.classifier_pooling=pooler needs model.pooler=true")
+    if self.task_head == "qa" and self.num_labels != 2:
+      raise ConfigError("model.heads=[qa] needs model.num_labels=2 (start and end logits)")
+    if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+      raise ConfigError(f"model.classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
     if {"nsp", "sop"} <= set(self.heads):
       raise ConfigError("model.heads may hold nsp or sop, not both (they are the same 2-way head)")
     if ({"nsp", "sop"} & set(self.heads)) and not self.pooler:
@@ -120,6 +152,15 @@ class ModelConfig:
       raise ConfigError(f"model.global_every must be >= 1, got {self.global_every}")
     if not 0.0 <= self.generator_hidden_size <= 1.0:
       raise ConfigError(f"model.generator_hidden_size must be in [0, 1], got {self.generator_hidden_size}")
+
+  @property
+  def task_head(self) -> str | None:
+    """The fine-tuning head this model carries, if any."""
+    return next((h for h in self.heads if h in TASK_HEADS), None)
+
+  @property
+  def label_names(self) -> tuple[str, ...]:
+    return self.labels or tuple(f"LABEL_{i}" for i in range(self.num_labels))
 
   @property
   def kv_heads(self) -> int:

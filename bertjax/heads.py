@@ -1,4 +1,7 @@
-"""Pretraining heads, separate from the bodies: MLM, NSP/SOP, ELECTRA replaced-token detection."""
+"""Heads, separate from the bodies. Pretraining: MLM, NSP/SOP, ELECTRA replaced-token
+detection, SpanBERT's span boundary. Fine-tuning: sequence classification, token
+classification, extractive QA (transformers' ``*For{Sequence,Token}Classification`` and
+``*ForQuestionAnswering`` heads, one module with the family's choices from the config)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertjax.nn.layers import ACTIVATIONS, Dense, Embed, dtypes, make_norm, param
+from bertjax.nn.layers import ACTIVATIONS, Dense, Embed, dropout, dtypes, make_norm, param, split_key
 
 
 def gather_positions(hidden: jax.Array, positions: jax.Array) -> jax.Array:
@@ -91,3 +94,54 @@ class SpanBoundaryHead(nnx.Module):
     gelu = ACTIVATIONS["gelu"]
     x = self.norm2(gelu(self.dense2(self.norm1(gelu(self.dense1(x))))))
     return word_embeddings.attend(x) + self.bias[...].astype(x.dtype)
+
+
+class TaskHead(nnx.Module):
+  """[dense -> act [-> norm]] -> dropout -> output, over pooled or per-token features.
+
+  ``kind``: "classifier" ([batch, labels] from the pooled features), "token_classifier"
+  ([batch, len, labels]) or "qa" ([batch, len, 2]: start and end logits)."""
+
+  def __init__(self, cfg, kind: str, *, rngs: nnx.Rngs):
+    h = cfg.hidden_size
+    kw = dict(rngs=rngs, std=cfg.initializer_range, **dtypes(cfg))
+    transform = (cfg.classifier_transform == "all" or
+                 (cfg.classifier_transform == "sequence" and kind == "classifier"))
+    self.kind = kind
+    self.pooling = cfg.classifier_pooling if kind == "classifier" else None
+    self.transform = (Dense(h, h, axes=("embed", "hidden"), use_bias=cfg.classifier_bias, **kw)
+                      if transform else None)
+    self.act = cfg.classifier_act
+    self.norm = make_norm(cfg) if transform and cfg.classifier_norm else None
+    self.output = Dense(h, cfg.num_labels, axes=("hidden", "classes"), **kw)
+    self.rate = (cfg.classifier_dropout if cfg.classifier_dropout is not None
+                 else cfg.hidden_dropout)
+
+  def __call__(self, hidden: jax.Array, pooled: jax.Array | None,
+               padding_mask: jax.Array | None = None, dropout_key=None) -> jax.Array:
+    """hidden: [batch, len, d]; pooled: the encoder's pooler output (or None)."""
+    k1, k2 = split_key(dropout_key, 2)
+    if self.pooling == "pooler":
+      x = pooled
+    elif self.pooling == "cls":
+      x = hidden[:, 0]
+    elif self.pooling == "mean":
+      x = masked_mean(hidden, padding_mask)
+    else:  # per-token features ("late" pooling averages the logits below)
+      x = hidden
+    if self.transform is not None:
+      x = ACTIVATIONS[self.act](self.transform(dropout(x, self.rate, k1)))
+      if self.norm is not None:
+        x = self.norm(x)
+    logits = self.output(dropout(x, self.rate, k2))
+    if self.pooling == "late":
+      logits = masked_mean(logits, padding_mask)
+    return logits
+
+
+def masked_mean(x: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
+  """[batch, len, d] -> [batch, d], averaging real tokens only."""
+  if padding_mask is None:
+    return x.mean(axis=1)
+  w = padding_mask.astype(x.dtype)[..., None]
+  return (x * w).sum(axis=1) / jnp.maximum(w.sum(axis=1), 1.0)

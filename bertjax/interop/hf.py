@@ -17,6 +17,7 @@ from flax import nnx
 
 from bertjax.config import ConfigError, ModelConfig, from_dict
 from bertjax.models import Model, family_defaults, family_for_model_type, get_family
+from bertjax.models.registry import task_config_from_hf, task_config_to_hf
 from bertjax.interop.names import Part
 from bertjax.params import flat_params, flat_shapes
 
@@ -106,8 +107,10 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     state[norm] = value
 
   fields = dict(family_defaults(family.name), **family.config_from_hf(hf_cfg))
+  task = task_config_from_hf(hf_cfg)  # a *ForSequenceClassification etc. has only its task head
   fields["heads"] = tuple(h for h in ("mlm", "nsp", "sop", "rtd")
                           if h in family.head_keys and family.head_keys[h] in state)
+  fields.update(task)
   fields["pooler"] = family.head_keys.get("pooler") in state
   word_key = family.weight_names(from_dict(ModelConfig, fields))["encoder.embeddings.word.embedding"].hf
   if family.decoder_key in state and fields["tie_word_embeddings"]:
@@ -182,7 +185,8 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
   dst = Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-  hf_config = dict(family.config_to_hf(cfg), model_type=family.hf_model_type,
+  hf_config = dict(family.config_to_hf(cfg), **task_config_to_hf(cfg),
+                   model_type=family.hf_model_type,
                    architectures=[architecture])
   (dst / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer_dir is not None:

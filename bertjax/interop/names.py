@@ -120,3 +120,16 @@ class NameTable(dict):
       self.add("mlm.bias", names["bias"], Same(), body=False)
     if not cfg.tie_word_embeddings:
       self.linear("mlm.decoder", names["decoder"], bias=False, body=False)
+
+  def task_head(self, cfg, *, output: str, transform: str | None = None,
+                norm: str | None = None) -> None:
+    """The fine-tuning head (HF keys are top-level). ``transform``/``norm`` name the dense and
+    norm before the output layer, when the config has them."""
+    if transform is not None and (cfg.classifier_transform == "all" or
+                                  (cfg.classifier_transform == "sequence"
+                                   and cfg.task_head == "classifier")):
+      self.linear("task.transform", transform, bias=cfg.classifier_bias, body=False)
+      if norm is not None and cfg.classifier_norm:
+        self.norm("task.norm", norm, bias=cfg.norm_bias and cfg.norm_type != "rmsnorm",
+                  body=False)
+    self.linear("task.output", output, body=False)

@@ -1,8 +1,9 @@
 """ALBERT (Lan et al. 2019): factorized embeddings (E=128 -> H), all layers sharing one block
 group, tanh-GELU, no dropout in v2, MLM head projecting to E, sentence-order prediction."""
 
-from bertjax.models.registry import (BERT_EMBEDDINGS, Family, bert_config_from_hf,
-                                     bert_config_to_hf, register)
+from bertjax.models.registry import (BERT_EMBEDDINGS, Family, bert_architecture,
+                                     bert_config_from_hf, bert_config_to_hf, bert_task_names,
+                                     register)
 from bertjax.interop.names import NameTable
 
 BLOCK = {
@@ -18,13 +19,16 @@ MLM_NAMES = {"transform": "predictions.dense", "norm": "predictions.LayerNorm",
 def config_from_hf(d):
   return dict(bert_config_from_hf(d), embedding_size=d["embedding_size"],
               num_hidden_groups=d.get("num_hidden_groups", 1),
-              inner_group_num=d.get("inner_group_num", 1))
+              inner_group_num=d.get("inner_group_num", 1),
+              classifier_dropout=float(d.get("classifier_dropout_prob", 0.1)))
 
 
 def config_to_hf(cfg):
   return dict(bert_config_to_hf(cfg), embedding_size=cfg.embed_size,
               num_hidden_groups=cfg.num_hidden_groups or cfg.num_layers,
-              inner_group_num=cfg.inner_group_num)
+              inner_group_num=cfg.inner_group_num,
+              classifier_dropout_prob=(cfg.classifier_dropout if cfg.classifier_dropout is not None
+                                       else cfg.hidden_dropout))
 
 
 def weight_names(cfg):
@@ -42,10 +46,13 @@ def weight_names(cfg):
     t.mlm_head(cfg, MLM_NAMES)
   if {"nsp", "sop"} & set(cfg.heads):
     t.linear("seq_relationship.dense", "sop_classifier.classifier", body=False)
+  bert_task_names(cfg, t)
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head:
+    return bert_architecture(cfg, "Albert")
   heads = set(cfg.heads)
   if "mlm" in heads and heads & {"sop", "nsp"}:
     return "AlbertForPreTraining", True
@@ -56,7 +63,8 @@ def architecture(cfg):
 
 DEFAULTS = dict(vocab_size=30000, embedding_size=128, hidden_act="gelu_tanh", norm_eps=1e-12,
                 hidden_dropout=0.0, attention_dropout=0.0, num_hidden_groups=1, inner_group_num=1,
-                type_vocab_size=2, pad_token_id=0, pooler=True, heads=("mlm", "sop"))
+                type_vocab_size=2, pad_token_id=0, pooler=True, heads=("mlm", "sop"),
+                classifier_dropout=0.1)  # classifier_dropout_prob: ALBERT v2 has no other dropout
 
 FAMILY = register(Family(
     name="albert", defaults=DEFAULTS, hf_model_type="albert", hf_prefix="albert",

@@ -12,7 +12,8 @@ import jax
 from flax import nnx
 
 from bertjax.config import ModelConfig
-from bertjax.heads import MlmHead, ReplacedTokenHead, SequenceRelationshipHead, SpanBoundaryHead
+from bertjax.heads import (MlmHead, ReplacedTokenHead, SequenceRelationshipHead, SpanBoundaryHead,
+                           TaskHead)
 from bertjax.nn.encoder import Encoder
 
 
@@ -23,6 +24,9 @@ class ModelOutput(NamedTuple):
   mlm_logits: jax.Array | None  # [batch, len or num_predictions, vocab]
   seq_relationship_logits: jax.Array | None  # [batch, 2] (NSP / SOP)
   rtd_logits: jax.Array | None  # [batch, len] (ELECTRA discriminator)
+  # fine-tuning head: classifier [batch, labels]; token_classifier [batch, len, labels];
+  # qa [batch, len, 2] (start, end)
+  task_logits: jax.Array | None = None
 
 
 class Model(nnx.Module):
@@ -36,6 +40,7 @@ class Model(nnx.Module):
                              if {"nsp", "sop"} & set(cfg.heads) else None)
     self.rtd = ReplacedTokenHead(cfg, rngs=rngs) if "rtd" in cfg.heads else None
     self.sbo = SpanBoundaryHead(cfg, rngs=rngs) if "sbo" in cfg.heads else None
+    self.task = TaskHead(cfg, cfg.task_head, rngs=rngs) if cfg.task_head else None
     if cfg.generator_hidden_size:
       gen = cfg.generator()
       self.generator = Encoder(gen, rngs=rngs, embeddings=self.encoder.embeddings)
@@ -54,7 +59,11 @@ class Model(nnx.Module):
            if self.mlm is not None else None)
     seq = self.seq_relationship(out.pooled) if self.seq_relationship is not None else None
     rtd = self.rtd(h) if self.rtd is not None else None
-    return ModelOutput(h, out.pooled, out.hidden_states, mlm, seq, rtd)
+    task = None
+    if self.task is not None:
+      task_key = None if dropout_key is None else jax.random.fold_in(dropout_key, 1)
+      task = self.task(h, out.pooled, padding_mask, task_key)
+    return ModelOutput(h, out.pooled, out.hidden_states, mlm, seq, rtd, task)
 
   def generator_logits(self, input_ids: jax.Array, *, token_type_ids=None, padding_mask=None,
                        segment_ids=None, positions=None, masked_positions=None,

@@ -1,8 +1,9 @@
 """BERT (Devlin et al. 2018): post-LN, exact GELU in HF (tanh in the TF original), LN eps 1e-12,
 learned absolute positions, 2 token types, tanh pooler, MLM (tied) + NSP heads."""
 
-from bertjax.models.registry import (Family, bert_body_names, bert_config_from_hf,
-                                     bert_config_to_hf, register)
+from bertjax.models.registry import (Family, bert_architecture, bert_body_names,
+                                     bert_config_from_hf, bert_config_to_hf, bert_task_names,
+                                     register)
 
 MLM_NAMES = {"transform": "cls.predictions.transform.dense",
              "norm": "cls.predictions.transform.LayerNorm", "bias": "cls.predictions.bias",
@@ -15,10 +16,13 @@ def weight_names(cfg):
     t.mlm_head(cfg, MLM_NAMES)
   if {"nsp", "sop"} & set(cfg.heads):
     t.linear("seq_relationship.dense", "cls.seq_relationship", body=False)
+  bert_task_names(cfg, t)
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head:
+    return bert_architecture(cfg, "Bert")
   heads = set(cfg.heads)
   if {"mlm", "nsp"} <= heads:
     return "BertForPreTraining", True

@@ -3,7 +3,7 @@ student initialised from teacher layers [0, 2, 4, 7, 9, 11]."""
 
 from bertjax.config import ConfigError
 from bertjax.interop.names import NameTable
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register
+from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
 
 EMBEDDINGS = {"word": "embeddings.word_embeddings", "position": "embeddings.position_embeddings",
               "norm": "embeddings.LayerNorm"}
@@ -29,7 +29,8 @@ def config_from_hf(d):
       hidden_dropout=float(d.get("dropout", 0.1)),
       attention_dropout=float(d.get("attention_dropout", 0.1)),
       initializer_range=float(d.get("initializer_range", 0.02)),
-      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)))
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+      classifier_dropout=float(d.get("seq_classif_dropout", 0.2)))
 
 
 def config_to_hf(cfg):
@@ -41,7 +42,9 @@ def config_to_hf(cfg):
       max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
       dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout,
       initializer_range=cfg.initializer_range, sinusoidal_pos_embds=False,
-      tie_word_embeddings=cfg.tie_word_embeddings)
+      tie_word_embeddings=cfg.tie_word_embeddings,
+      seq_classif_dropout=(cfg.classifier_dropout if cfg.classifier_dropout is not None
+                           else cfg.hidden_dropout))
 
 
 def weight_names(cfg):
@@ -51,15 +54,23 @@ def weight_names(cfg):
     t.block(f"encoder.layers.{i}", f"transformer.layer.{i}", BLOCK, cfg)
   if "mlm" in cfg.heads:
     t.mlm_head(cfg, MLM_NAMES)
+  if cfg.task_head == "classifier":  # pre_classifier -> ReLU -> dropout -> classifier
+    t.task_head(cfg, transform="pre_classifier", output="classifier")
+  elif cfg.task_head:
+    t.task_head(cfg, output="qa_outputs" if cfg.task_head == "qa" else "classifier")
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head:
+    return task_architecture(cfg, "DistilBert"), False
   return ("DistilBertForMaskedLM", False) if "mlm" in cfg.heads else ("DistilBertModel", False)
 
 
 DEFAULTS = dict(vocab_size=30522, num_layers=6, hidden_act="gelu", norm_eps=1e-12,
-                type_vocab_size=0, pad_token_id=0, pooler=False, heads=("mlm",))
+                type_vocab_size=0, pad_token_id=0, pooler=False, heads=("mlm",),
+                classifier_pooling="cls", classifier_transform="sequence", classifier_act="relu",
+                classifier_dropout=0.2)  # seq_classif_dropout
 
 FAMILY = register(Family(
     name="distilbert", defaults=DEFAULTS, hf_model_type="distilbert", hf_prefix="distilbert",

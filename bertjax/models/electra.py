@@ -2,8 +2,9 @@
 (``embeddings_project``), no pooler; the discriminator's replaced-token head has no LayerNorm;
 the generator is a smaller body sharing all embeddings, with a GELU + LN MLM head."""
 
-from bertjax.models.registry import (Family, bert_body_names, bert_config_from_hf,
-                                     bert_config_to_hf, register)
+from bertjax.models.registry import (Family, bert_architecture, bert_body_names,
+                                     bert_config_from_hf, bert_config_to_hf, bert_task_names,
+                                     register)
 
 MLM_NAMES = {"transform": "generator_predictions.dense",
              "norm": "generator_predictions.LayerNorm", "bias": "generator_lm_head.bias",
@@ -29,10 +30,13 @@ def weight_names(cfg):
     t.linear("rtd.prediction", "discriminator_predictions.dense_prediction", body=False)
   if "mlm" in cfg.heads:
     t.mlm_head(cfg, MLM_NAMES)
+  bert_task_names(cfg, t, sequence_transform="classifier")
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head:
+    return bert_architecture(cfg, "Electra")
   if "rtd" in cfg.heads:
     return "ElectraForPreTraining", False
   if "mlm" in cfg.heads:
@@ -41,7 +45,9 @@ def architecture(cfg):
 
 
 DEFAULTS = dict(vocab_size=30522, hidden_act="gelu", head_act="gelu", norm_eps=1e-12,
-                type_vocab_size=2, pad_token_id=0, pooler=False, heads=("rtd",))
+                type_vocab_size=2, pad_token_id=0, pooler=False, heads=("rtd",),
+                classifier_pooling="cls", classifier_transform="sequence",
+                classifier_act="gelu")  # "although BERT uses tanh here" (ElectraClassificationHead)
 
 FAMILY = register(Family(
     name="electra", defaults=DEFAULTS, hf_model_type="electra", hf_prefix="electra",

@@ -4,7 +4,10 @@ attention, no embedding norm, a final norm and an untied, transform-free LM head
 
 from bertjax.config import ConfigError
 from bertjax.interop.names import NameTable, Same
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register
+from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
+
+_POOLING_FROM_HF = {"bos": "cls", "mean": "mean", "late": "late"}
+_POOLING_TO_HF = {v: k for k, v in _POOLING_FROM_HF.items()}
 
 BLOCK = {
     "attention.query": "self_attn.q_proj", "attention.key": "self_attn.k_proj",
@@ -19,6 +22,10 @@ def config_from_hf(d):
     raise ConfigError("config.json attention_bias and mlp_bias must agree")
   rope = d.get("rope_parameters") or {}
   heads = d["num_attention_heads"]
+  pooling = d.get("classifier_pooling", "late")
+  if pooling not in _POOLING_FROM_HF:
+    raise ConfigError(f"config.json classifier_pooling={pooling!r} is not one of "
+                      f"{sorted(_POOLING_FROM_HF)}")
   head_dim = d.get("head_dim")
   return dict(
       vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
@@ -32,7 +39,8 @@ def config_from_hf(d):
       use_bias=bool(d.get("attention_bias", False)), decoder_bias=bool(d.get("mlp_bias", False)),
       attention_dropout=float(d.get("attention_dropout", 0.0)),
       initializer_range=float(d.get("initializer_range", 0.02)),
-      tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+      classifier_pooling=_POOLING_FROM_HF[pooling])
 
 
 def config_to_hf(cfg):
@@ -43,7 +51,8 @@ def config_to_hf(cfg):
       max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
       rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
       attention_bias=cfg.use_bias, mlp_bias=cfg.use_bias, attention_dropout=cfg.attention_dropout,
-      initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings)
+      initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
+      classifier_pooling=_POOLING_TO_HF.get(cfg.classifier_pooling, "late"))
 
 
 def weight_names(cfg):
@@ -60,10 +69,21 @@ def weight_names(cfg):
     t.linear("mlm.decoder", "lm_head", bias=False, body=False)
     if cfg.decoder_bias:
       t.add("mlm.bias", "lm_head.bias", Same(), body=False)
+  if cfg.task_head == "classifier":  # dense -> GELU -> classifier, no dropout
+    if cfg.classifier_pooling not in _POOLING_TO_HF:
+      raise ConfigError(f"EuroBERT classifies with cls, mean or late pooling, "
+                        f"not {cfg.classifier_pooling!r}")
+    t.task_head(cfg, transform="dense", output="classifier")
+  elif cfg.task_head:
+    t.task_head(cfg, output="qa_outputs" if cfg.task_head == "qa" else "classifier")
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head == "qa":
+    raise ConfigError("transformers has no EuroBertForQuestionAnswering to export to")
+  if cfg.task_head:
+    return task_architecture(cfg, "EuroBert"), False
   return ("EuroBertForMaskedLM", False) if "mlm" in cfg.heads else ("EuroBertModel", False)
 
 
@@ -73,7 +93,8 @@ DEFAULTS = dict(
     norm_position="pre", embedding_norm=False, use_bias=False, hidden_dropout=0.0,
     attention_dropout=0.0, pooler=False, heads=("mlm",), mlm_transform=False,
     tie_word_embeddings=False, decoder_bias=False, rope_theta=250000.0,
-    max_position_embeddings=8192)
+    max_position_embeddings=8192, classifier_pooling="late", classifier_transform="sequence",
+    classifier_act="gelu", classifier_dropout=0.0)
 
 FAMILY = register(Family(
     name="eurobert", defaults=DEFAULTS, hf_model_type="eurobert", hf_prefix="model",

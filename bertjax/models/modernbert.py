@@ -5,7 +5,7 @@ embedding LayerNorm and none before layer 0's attention, a final norm, a tied ML
 
 from bertjax.config import ConfigError
 from bertjax.interop.names import NameTable
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register
+from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
 
 
 def _global_every(layer_types: list[str]) -> int:
@@ -22,14 +22,19 @@ def config_from_hf(d):
   layer_types = d.get("layer_types") or [
       "full_attention" if i % every == 0 else "sliding_attention" for i in range(layers)]
   rope = d.get("rope_parameters") or {}
-  if d.get("attention_bias", False) != d.get("mlp_bias", False) or \
-      d.get("classifier_bias", False) != d.get("attention_bias", False):
-    raise ConfigError("config.json attention_bias, mlp_bias and classifier_bias must agree")
+  if d.get("attention_bias", False) != d.get("mlp_bias", False):
+    raise ConfigError("config.json attention_bias and mlp_bias must agree")
+  pooling = d.get("classifier_pooling", "cls")
+  if pooling not in ("cls", "mean"):
+    raise ConfigError(f"config.json classifier_pooling={pooling!r} is not 'cls' or 'mean'")
   return dict(
       vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=layers,
       num_heads=d["num_attention_heads"], intermediate_size=d["intermediate_size"],
       hidden_act=act_from_hf(d.get("hidden_activation", "gelu"), "hidden_activation"),
       head_act=act_from_hf(d.get("classifier_activation", "gelu"), "classifier_activation"),
+      classifier_act=act_from_hf(d.get("classifier_activation", "gelu"), "classifier_activation"),
+      classifier_pooling=pooling, classifier_bias=bool(d.get("classifier_bias", False)),
+      classifier_dropout=float(d.get("classifier_dropout", 0.0)),
       max_position_embeddings=d.get("max_position_embeddings", 8192),
       pad_token_id=d.get("pad_token_id") if d.get("pad_token_id") is not None else 0,
       norm_eps=float(d.get("norm_eps", 1e-5)), norm_bias=bool(d.get("norm_bias", False)),
@@ -52,10 +57,14 @@ def config_to_hf(cfg):
       vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
       num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
       hidden_activation=act_to_hf(cfg.hidden_act),
-      classifier_activation=act_to_hf(cfg.head_act or cfg.hidden_act),
+      # one HF field for the MLM head and the task head (a model has one of them)
+      classifier_activation=act_to_hf(cfg.classifier_act if cfg.task_head
+                                      else cfg.head_act or cfg.hidden_act),
+      classifier_pooling=cfg.classifier_pooling if cfg.task_head else "cls",
+      classifier_dropout=cfg.classifier_dropout or 0.0,
       max_position_embeddings=cfg.max_position_embeddings, pad_token_id=cfg.pad_token_id,
       norm_eps=cfg.norm_eps, norm_bias=cfg.norm_bias, attention_bias=cfg.use_bias,
-      mlp_bias=cfg.use_bias, classifier_bias=cfg.use_bias, decoder_bias=cfg.decoder_bias,
+      mlp_bias=cfg.use_bias, classifier_bias=cfg.classifier_bias, decoder_bias=cfg.decoder_bias,
       layer_types=layer_types, global_attn_every_n_layers=cfg.global_every,
       local_attention=2 * (cfg.local_window or cfg.max_position_embeddings),
       rope_parameters={"full_attention": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
@@ -87,10 +96,16 @@ def weight_names(cfg):
   if "mlm" in cfg.heads:
     t.mlm_head(cfg, {"transform": "head.dense", "norm": "head.norm", "bias": "decoder.bias",
                      "decoder": "decoder"})
+  if cfg.task_head:  # every task model: head (dense -> act -> norm) -> drop -> classifier
+    if cfg.classifier_pooling not in ("cls", "mean"):
+      raise ConfigError(f"ModernBERT classifies from cls or mean, not {cfg.classifier_pooling!r}")
+    t.task_head(cfg, transform="head.dense", norm="head.norm", output="classifier")
   return t
 
 
 def architecture(cfg):
+  if cfg.task_head:
+    return task_architecture(cfg, "ModernBert"), False
   return ("ModernBertForMaskedLM", False) if "mlm" in cfg.heads else ("ModernBertModel", False)
 
 
@@ -99,7 +114,9 @@ DEFAULTS = dict(
     type_vocab_size=0, pad_token_id=50283, norm_eps=1e-5, norm_bias=False, norm_position="pre",
     use_bias=False, hidden_dropout=0.0, attention_dropout=0.0, pooler=False, heads=("mlm",),
     rope_theta=160000.0, local_rope_theta=10000.0, local_window=64, global_every=3,
-    first_layer_attention_norm=False, max_position_embeddings=8192)
+    first_layer_attention_norm=False, max_position_embeddings=8192, classifier_pooling="cls",
+    classifier_transform="all", classifier_act="gelu", classifier_norm=True,
+    classifier_bias=False, classifier_dropout=0.0)
 
 FAMILY = register(Family(
     name="modernbert", defaults=DEFAULTS, hf_model_type="modernbert", hf_prefix="model",

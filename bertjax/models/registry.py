@@ -61,8 +61,10 @@ def families() -> list[str]:
 # Shared HF config vocabulary of the BERT lineage.
 
 _ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+                "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu",
+                "tanh": "tanh"}
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu",
+              "tanh": "tanh"}
 
 
 def act_from_hf(name: str, field: str = "hidden_act") -> str:
@@ -92,7 +94,8 @@ def bert_config_from_hf(d: dict) -> dict:
       hidden_dropout=float(d.get("hidden_dropout_prob", 0.1)),
       attention_dropout=float(d.get("attention_probs_dropout_prob", 0.1)),
       initializer_range=float(d.get("initializer_range", 0.02)),
-      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)))
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
+      classifier_dropout=d.get("classifier_dropout"))
 
 
 def bert_config_to_hf(cfg: ModelConfig) -> dict:
@@ -104,7 +107,7 @@ def bert_config_to_hf(cfg: ModelConfig) -> dict:
       layer_norm_eps=cfg.norm_eps, hidden_dropout_prob=cfg.hidden_dropout,
       attention_probs_dropout_prob=cfg.attention_dropout,
       initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
-      position_embedding_type="absolute")
+      position_embedding_type="absolute", classifier_dropout=cfg.classifier_dropout)
 
 
 BERT_EMBEDDINGS = {"word": "embeddings.word_embeddings",
@@ -128,3 +131,65 @@ def bert_body_names(cfg: ModelConfig) -> NameTable:
   if cfg.pooler:
     t.linear("encoder.pooler.dense", "pooler.dense")
   return t
+
+
+def bert_architecture(cfg: ModelConfig, prefix: str) -> tuple[str, bool] | None:
+  """A task class keeps the pooler only when it classifies from it."""
+  arch = task_architecture(cfg, prefix)
+  if arch is None:
+    return None
+  return arch, cfg.pooler and cfg.task_head == "classifier" and cfg.classifier_pooling == "pooler"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning heads: transformers' task classes and their config vocabulary.
+
+TASK_CLASS_SUFFIX = {"classifier": "ForSequenceClassification",
+                     "token_classifier": "ForTokenClassification", "qa": "ForQuestionAnswering"}
+_PROBLEM_TO_HF = {"single_label": "single_label_classification",
+                  "multi_label": "multi_label_classification", "regression": "regression"}
+_PROBLEM_FROM_HF = {v: k for k, v in _PROBLEM_TO_HF.items()}
+
+
+def task_architecture(cfg: ModelConfig, class_prefix: str) -> str | None:
+  """``BertForSequenceClassification`` etc. for a model with a task head, else None."""
+  return class_prefix + TASK_CLASS_SUFFIX[cfg.task_head] if cfg.task_head else None
+
+
+def task_config_from_hf(d: dict) -> dict:
+  """The task head an HF config.json's ``architectures`` names, with its labels."""
+  arch = (d.get("architectures") or [""])[0]
+  kind = next((k for k, suffix in TASK_CLASS_SUFFIX.items() if arch.endswith(suffix)), None)
+  if kind is None:
+    return {}
+  id2label = d.get("id2label") or {}
+  num_labels = len(id2label) or int(d.get("num_labels", 2))
+  names = tuple(str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(num_labels))
+  fields = dict(heads=(kind,), num_labels=num_labels)
+  if names != tuple(f"LABEL_{i}" for i in range(num_labels)):
+    fields["labels"] = names
+  problem = d.get("problem_type")
+  if kind == "classifier":
+    fields["problem_type"] = (_PROBLEM_FROM_HF[problem] if problem in _PROBLEM_FROM_HF
+                              else "regression" if num_labels == 1 else "single_label")
+  return fields
+
+
+def task_config_to_hf(cfg: ModelConfig) -> dict:
+  if not cfg.task_head:
+    return {}
+  names = cfg.label_names
+  out = dict(id2label={str(i): n for i, n in enumerate(names)},
+             label2id={n: i for i, n in enumerate(names)})
+  if cfg.task_head == "classifier":
+    out["problem_type"] = _PROBLEM_TO_HF[cfg.problem_type]
+  return out
+
+
+def bert_task_names(cfg: ModelConfig, t: NameTable, sequence_transform: str | None = None) -> None:
+  """The BERT-lineage task heads: ``classifier`` (or RoBERTa/ELECTRA's ``classifier.dense`` +
+  ``classifier.out_proj``) and ``qa_outputs``."""
+  if cfg.task_head == "classifier" and sequence_transform:
+    t.task_head(cfg, transform=f"{sequence_transform}.dense", output=f"{sequence_transform}.out_proj")
+  elif cfg.task_head:
+    t.task_head(cfg, output="qa_outputs" if cfg.task_head == "qa" else "classifier")
