@@ -1,27 +1,23 @@
 """``pretrain(cfg)``: data -> sharded model -> jitted step loop -> eval, metrics, checkpoints.
 
-One loop for every objective; the host never waits on the step it just dispatched (metrics are
-read one step late), and SIGTERM saves the current step before exiting cleanly.
+Pretraining data and objectives on the shared engine (train/engine.py), which fine-tuning
+uses as well: one jitted step, metrics read one step late, Orbax checkpoints, SIGTERM saves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import signal
 import threading
-import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import yaml
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import sharding
 from bertjax.checkpoint import load_model_dir, save_model_dir
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
-from bertjax.data.pipeline import global_batch, load_corpus, make_dataset, masking_spec
+from bertjax.data.pipeline import load_corpus, make_dataset, masking_spec
 from bertjax.models import Model
 from bertjax.objectives import make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
@@ -30,7 +26,7 @@ from bertjax.train.checkpoints import Checkpointer
 from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
 from bertjax.train.metrics import MetricWriter, Progress
 from bertjax.train.optim import make_optimizer, schedule
-from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
+from bertjax.train.engine import build_engine, run_steps, to_host
 
 
 def _check_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -54,35 +50,6 @@ def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
     raise ConfigError(f"model.max_position_embeddings={model.max_position_embeddings} is smaller "
                       f"than data.max_seq_length={cfg.data.max_seq_length} (+offset)")
   return dataclasses.replace(cfg, model=model)
-
-
-def _opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
-  """Optimizer slots (Adam mu/nu, ...) mirror the parameters: each slot takes the sharding of
-  the parameter whose path it ends with; scalars (counts) are replicated."""
-  by_path = {}
-  flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  flat_sh = jax.tree_util.tree_leaves(param_shardings)
-  for (path, leaf), sh in zip(flat_params, flat_sh):
-    by_path[tuple(str(k) for k in path)] = (leaf.shape, sh)
-  replicated = NamedSharding(mesh, P())
-
-  def one(path, leaf):
-    keys = tuple(str(k) for k in path)
-    for start in range(len(keys)):
-      shape, sh = by_path.get(keys[start:], (None, None))
-      if shape == leaf.shape:
-        return sh
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(one, abstract_opt)
-
-
-def _batch_shardings(mesh, rules, example: dict) -> dict:
-  return {k: sharding.batch_sharding(mesh, rules, ndim=np.ndim(v)) for k, v in example.items()}
-
-
-def _to_host(tree):
-  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event | None = None,
@@ -130,115 +97,60 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
           flat_params(teacher), cfg.distill.layers, flat_params(model).keys()))
       teacher_graphdef, frozen = nnx.split(teacher)
     objective = make_objective(cfg, teacher_graphdef)
-    graphdef, params = nnx.split(model)
+    engine = build_engine(model, objective, tx, mesh=mesh, rules=rules, seed=cfg.train.seed,
+                          example_batch=eval_local[0],
+                          grad_accum_steps=cfg.train.grad_accum_steps, lr_schedule=lr,
+                          frozen=frozen)
     del model
-    param_sh = jax.tree.map(lambda x: x.sharding, params)  # born sharded by the rules
-    abstract = jax.eval_shape(lambda p: init_state(graphdef, p, tx, cfg.train.seed), params)
-    replicated = NamedSharding(mesh, P())
-    frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
-    state_sh = TrainState(step=replicated, params=param_sh,
-                          opt_state=_opt_state_shardings(abstract.opt_state, abstract.params,
-                                                         param_sh, mesh),
-                          key=replicated, frozen=frozen_sh)
-    state = jax.jit(lambda p, f: init_state(graphdef, p, tx, cfg.train.seed, f),
-                    out_shardings=state_sh)(params, frozen)
-    del params
-    batch_sh = _batch_shardings(mesh, rules, eval_local[0])
-    train_step = jax.jit(make_train_step(graphdef, objective, tx, cfg.train.grad_accum_steps, lr),
-                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                         donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(graphdef, objective),
-                        in_shardings=(state_sh.params, batch_sh, frozen_sh))
 
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     start = 0
     latest = checkpointer.latest_step()
     if latest is None and cfg.train.init_from:
-      state = state.replace(params=_initial_params(cfg, state.params, mesh, rules))
+      engine.state = engine.state.replace(
+          params=_initial_params(cfg, engine.state.params, mesh, rules))
     if latest is not None:
-      target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, state_sh)
-      state, _ = checkpointer.restore(latest, target, train_iter)
+      engine.restore(checkpointer, latest, train_iter)
       start = latest
 
-    eval_batches = [global_batch(b, batch_sh) for b in eval_local]
+    eval_batches = [engine.batch(b) for b in eval_local]
 
     def evaluate() -> dict:
       sums = None
       for b in eval_batches:
-        s = eval_step(state.params, b, state.frozen)
+        s = engine.eval_step(engine.state.params, b, engine.state.frozen)
         sums = s if sums is None else jax.tree.map(lambda a, c: a + c, sums, s)
-      return objective.finalize(_to_host(sums))
+      return objective.finalize(to_host(sums))
 
     tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
     flops_per_step = tokens_per_step * train_flops_per_token(
         cfg.model, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq)
     peak = (cfg.train.peak_flops_per_device or peak_flops_per_device()) * jax.device_count()
 
-    preempted = stop_event or threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-      previous = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     writer = MetricWriter(run_dir)
     progress = Progress(cfg.train.steps, start, enabled=(jax.process_index() == 0 and not quiet))
-    pending = None  # (step, metrics on device) of the step before the current one
-    window_start, window_steps, last = time.perf_counter(), 0, {}
-    step = start
     try:
-      while step < cfg.train.steps and not preempted.is_set():
-        batch = global_batch(next(train_iter), batch_sh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        window_steps += 1
-        if pending is not None:  # read last step's metrics: the device is already past them
-          done_step, done = pending
-          if done_step % cfg.train.log_every == 0 or done_step == start + 1:
-            host = _to_host(done)
-            elapsed = time.perf_counter() - window_start
-            m = objective.finalize(host)
-            m.update(grad_norm=float(host["grad_norm"]),
-                     learning_rate=float(host["learning_rate"]))
-            if window_steps > 1:
-              tps = tokens_per_step * (window_steps - 1) / elapsed
-              m.update(tokens_per_second=tps, mfu=flops_per_step * tps / tokens_per_step / peak)
-            writer.write(done_step, m)
-            last = m
-            window_start, window_steps = time.perf_counter(), 1
-            progress.update(done_step, f"loss {m['loss']:.3f} "
-                            f"{m.get('tokens_per_second', 0):,.0f} tok/s")
-        pending = (step, metrics)
-        if on_step is not None:
-          on_step(step)
-        if step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-          writer.write(step, evaluate(), prefix="eval")
-        if checkpointer.should_save(step):
-          checkpointer.save(step, state, train_iter)
-        progress.update(step)
-      if preempted.is_set() and step < cfg.train.steps:
-        if checkpointer.latest_step() != step:
-          checkpointer.save(step, state, train_iter, force=True)
-        checkpointer.wait()
-        progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
-        return {"preempted": True, "step": step, "checkpoint": str(checkpointer.directory)}
-      if pending is not None and not preempted.is_set():  # the final step is still unread
-        m = objective.finalize(_to_host(pending[1]))
-        writer.write(pending[0], m)
-        last = {**last, **m}
+      result = run_steps(
+          engine, train_iter, start=start, steps=cfg.train.steps, checkpointer=checkpointer,
+          writer=writer, progress=progress, log_every=cfg.train.log_every,
+          eval_every=cfg.train.eval_every,
+          evaluate=lambda step: writer.write(step, evaluate(), prefix="eval"),
+          data_iterator=train_iter, tokens_per_step=tokens_per_step,
+          flops_per_step=flops_per_step, peak_flops=peak, stop_event=stop_event, on_step=on_step)
+      if result.preempted:
+        return {"preempted": True, "step": result.step,
+                "checkpoint": str(checkpointer.directory)}
       final_eval = evaluate()
-      writer.write(step, final_eval, prefix="eval")
-      if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, train_iter, force=True)
-      checkpointer.wait()
+      writer.write(result.step, final_eval, prefix="eval")
       baseline = _unigram_baseline(eval_local, corpus.unigram_token)
-      model_dir = _export_model(run_dir / "model", graphdef, state.params, corpus.tokenizer)
+      model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
+                                corpus.tokenizer)
     finally:
       progress.close()
       writer.close()
       checkpointer.close()
-      if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
 
-  return {"preempted": False, "step": step, "eval": final_eval, "train": last,
+  return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
           "unigram_baseline_accuracy": baseline, "checkpoint": str(checkpointer.directory),
           "model": str(model_dir), "run_dir": str(run_dir)}
 

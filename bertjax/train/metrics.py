@@ -41,7 +41,8 @@ class MetricWriter:
 class Progress:
   """A rich progress bar on process 0 (plain, no-op elsewhere or when not a terminal)."""
 
-  def __init__(self, total: int, start: int, enabled: bool | None = None):
+  def __init__(self, total: int, start: int, enabled: bool | None = None,
+               label: str = "pretrain"):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._bar = None
     if self.enabled:
@@ -50,7 +51,7 @@ class Progress:
 
       from rich.console import Console
 
-      self._bar = RichProgress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+      self._bar = RichProgress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                                TextColumn("ETA"), TimeRemainingColumn(), transient=False,
                                console=Console(stderr=True))  # stdout stays machine-readable
