@@ -113,10 +113,19 @@ def load_model_dir(path: str | Path, *, mesh=None, rules=None,
     cfg = dataclasses.replace(cfg, **overrides)
   make = lambda: Model(cfg, rngs=nnx.Rngs(0))
   model = sharding.create_sharded(make, mesh, rules) if mesh is not None else make()
+  assign_flat_params(model, read_model_params(path))
+  return model, read_tokenizer(path)
+
+
+def read_model_params(path: str | Path) -> dict[str, np.ndarray]:
+  """A model folder's parameters as flat host arrays ({"encoder.layers.0...": array})."""
+  path = resolve_model_dir(path)
   with ocp.StandardCheckpointer() as ckpt:
     restored = ckpt.restore((path / "params").absolute())
-  assign_flat_params(model, {k: np.asarray(v) for k, v in _flatten(restored).items()})
-  tok_dir = path / "tokenizer"
-  tokenizer = Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
-  return model, tokenizer
+  return {k: np.asarray(v) for k, v in _flatten(restored).items()}
+
+
+def read_tokenizer(path: str | Path) -> Tokenizer | None:
+  tok_dir = resolve_model_dir(path) / "tokenizer"
+  return Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
 

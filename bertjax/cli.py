@@ -111,6 +111,33 @@ def _pretrain(args) -> None:
         f"try: bertjax fill-mask {result['model']} \"the [MASK] of the house\"", file=sys.stderr)
 
 
+def _finetune(args) -> None:
+  from bertjax.tasks.config import finetune_config
+  from bertjax.tasks.finetune import finetune
+
+  if args.distributed:
+    import jax
+
+    jax.distributed.initialize()
+  summary = finetune(finetune_config(args.task, args.overrides))
+  print(json.dumps(summary, indent=1))
+
+
+def _evaluate(args) -> None:
+  from bertjax.tasks.finetune import evaluate_model
+
+  print(json.dumps(evaluate_model(args.model, args.data, args.task, args.overrides,
+                                  args.batch_size), indent=1))
+
+
+def _predict(args) -> None:
+  from bertjax.tasks.finetune import predict_model
+
+  n = predict_model(args.model, args.data, args.output, args.task, args.overrides,
+                    args.batch_size)
+  print(json.dumps({"predictions": args.output, "examples": n}))
+
+
 def _prepare_data(args) -> None:
   from bertjax.config import experiment_config
   from bertjax.data.prepare import prepare_data
@@ -135,6 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first (multi-host TPU pods)")
   s.set_defaults(func=_pretrain)
+
+  s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")
+  s.add_argument("task", metavar="TASK_YAML", help="configs/tasks preset name or YAML path")
+  s.add_argument("overrides", nargs="*", metavar="key=value")
+  s.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host TPU pods)")
+  s.set_defaults(func=_finetune)
+
+  for name, helptext in (("evaluate", "score a fine-tuned model on a labeled file"),
+                         ("predict", "predict a file with a fine-tuned model (JSONL out)")):
+    s = sub.add_parser(name, help=helptext)
+    s.add_argument("model", help="fine-tuned model folder or fine-tuning run folder")
+    s.add_argument("data", help="a file in the task's format")
+    if name == "predict":
+      s.add_argument("--output", required=True, help="JSONL file to write")
+    s.add_argument("--task", default=None,
+                   help="the task YAML it was trained with (fields, format, QA settings)")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(func=_evaluate if name == "evaluate" else _predict)
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
@@ -185,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
   from bertjax.data.sources import DataError
   from bertjax.data.tokenizer import TokenizerError
   from bertjax.interop.hf import HFImportError
+  from bertjax.tasks.formats import TaskDataError
 
   try:
     args.func(args)
-  except (ConfigError, DataError, HFImportError, TokenizerError, FileExistsError,
+  except (ConfigError, DataError, HFImportError, TokenizerError, TaskDataError, FileExistsError,
           FileNotFoundError, ValueError) as e:
     print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
     return 2

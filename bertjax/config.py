@@ -287,12 +287,26 @@ class OptimConfig:
   eps: float = 1e-6
   weight_decay: float = 0.01
   clip_norm: float | None = 1.0  # global gradient-norm clipping; null = off
+  # Warmup as a fraction of all steps (fine-tuning's usual 0.1); overrides warmup_steps.
+  warmup_fraction: float | None = None
+  # Layer-wise learning-rate decay (ELECTRA fine-tuning): layer l of L gets lr * decay^(L - l),
+  # the embeddings lr * decay^L, heads and final norm the full lr. null = off.
+  layer_decay: float | None = None
 
   def __post_init__(self):
     if self.learning_rate <= 0:
       raise ConfigError(f"optim.learning_rate must be positive, got {self.learning_rate}")
     if self.warmup_steps < 0:
       raise ConfigError("optim.warmup_steps must be >= 0")
+    if self.warmup_fraction is not None and not 0.0 <= self.warmup_fraction < 1.0:
+      raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+    if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+      raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+
+  def warmup(self, total_steps: int) -> int:
+    if self.warmup_fraction is not None:
+      return int(round(self.warmup_fraction * total_steps))
+    return self.warmup_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,9 +447,12 @@ def from_dict(cls, data: dict, prefix: str = ""):
   fields = {f.name for f in dataclasses.fields(cls)}
   kwargs = {}
   dotted = f"{prefix}." if prefix else ""
+  defaults = {f.name: f.default for f in dataclasses.fields(cls)}
   for key, value in data.items():
     if key not in fields:
       raise _unknown_key(cls, key, dotted)
+    if dataclasses.is_dataclass(defaults[key]) and isinstance(value, dict):
+      value = deep_merge(to_dict(defaults[key]), value)  # a section starts from its default
     kwargs[key] = _check_value(hints[key], value, f"{dotted}{key}")
   try:
     return cls(**kwargs)

@@ -68,13 +68,19 @@ def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
   return docs
 
 
-def read_tfds_documents(name: str, split: str, field: str, data_dir: str | None) -> list[list[str]]:
+def tfds_data_source(name: str, split: str, data_dir: str | None):
+  """-> (random-access records of ``name``/``split``, the dataset's feature spec)."""
   try:
     import tensorflow_datasets as tfds
   except ImportError:
-    raise DataError("data.source tfds:... needs tensorflow-datasets (pip install "
+    raise DataError("TFDS sources need tensorflow-datasets (pip install "
                     "tensorflow-datasets; TensorFlow itself is not needed)") from None
   source = tfds.data_source(name, split=split, data_dir=data_dir)
+  return source, tfds.builder(name, data_dir=data_dir).info.features
+
+
+def read_tfds_documents(name: str, split: str, field: str, data_dir: str | None) -> list[list[str]]:
+  source, _ = tfds_data_source(name, split, data_dir)
   docs = []
   for i in range(len(source)):
     value = source[i][field]

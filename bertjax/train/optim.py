@@ -34,15 +34,42 @@ def warmup_stable_decay(peak: float, warmup_steps: int, total_steps: int, decay_
 
 
 def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+  warmup_steps = cfg.warmup(total_steps)
   if cfg.schedule == "wsd":
-    return warmup_stable_decay(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.decay_steps,
+    return warmup_stable_decay(cfg.learning_rate, warmup_steps, total_steps, cfg.decay_steps,
                                cfg.final_lr_fraction, cfg.decay_shape)
-  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(warmup_steps, 1))
   if cfg.schedule == "constant":
     after = optax.constant_schedule(cfg.learning_rate)
   else:
-    after = optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - cfg.warmup_steps, 1))
-  return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+    after = optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - warmup_steps, 1))
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def layer_depth(path: tuple[str, ...], num_blocks: int) -> int:
+  """0 for the embeddings, l + 1 for encoder block l, num_blocks for everything above."""
+  if path[:2] in (("encoder", "embeddings"), ("encoder", "embedding_projection")):
+    return 0
+  if path[:2] == ("encoder", "layers"):
+    return int(path[2]) + 1
+  return num_blocks
+
+
+def scale_by_layer_decay(decay: float, num_blocks: int) -> optax.GradientTransformation:
+  """Multiply each update by decay^(L - depth) (ELECTRA's layer-wise LR decay; with AdamW the
+  decoupled weight decay is scaled alike, as ELECTRA scales the whole update). ELECTRA's own
+  code puts the head two levels above the top layer; this follows lr * decay^(L - l)."""
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def one(path, u):
+      names = tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+      return u * decay ** (num_blocks - layer_depth(names, num_blocks))
+
+    return jax.tree_util.tree_map_with_path(one, updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def decay_mask(params):
@@ -109,7 +136,9 @@ def stable_adamw(learning_rate, *, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.0, 
                      optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimConfig, total_steps: int,
+                   num_blocks: int | None = None) -> optax.GradientTransformation:
+  """``num_blocks``: the encoder's parameter blocks, needed for ``cfg.layer_decay``."""
   lr = schedule(cfg, total_steps)
   if cfg.name == "stable_adamw":
     core = stable_adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
@@ -121,4 +150,9 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
     core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                        mask=decay_mask)
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
-  return optax.chain(*parts, core)
+  parts.append(core)
+  if cfg.layer_decay is not None and cfg.layer_decay != 1.0:
+    if num_blocks is None:
+      raise ValueError("optim.layer_decay needs the model's number of blocks")
+    parts.append(scale_by_layer_decay(cfg.layer_decay, num_blocks))
+  return optax.chain(*parts)

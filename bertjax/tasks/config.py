@@ -1,0 +1,122 @@
+"""Fine-tuning configuration: ``bertjax finetune TASK_YAML [key=value ...]``.
+
+A task YAML names the task type, the data files and fields, and the starting checkpoint (a
+bertjax model or run folder, or a Hugging Face transformers folder imported on the fly).
+Presets live in ``configs/tasks/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from bertjax.config import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig, find_preset,
+                            from_dict, load_yaml, merge_into, parse_override, _validate_path)
+
+TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
+
+# The dev metric that picks the best checkpoint, per task (overridable with train.metric).
+MAIN_METRIC = {"classification": "accuracy", "multi_label": "f1_micro", "regression": "pearson",
+               "token_classification": "f1", "qa": "f1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskDataConfig:
+  """Labeled data. ``format=auto`` reads the file suffix: .jsonl, .csv, .tsv, .conll/.txt
+  (token<TAB>tag), .json (SQuAD). ``glue`` is a headed TSV read without quote handling (GLUE's
+  files contain bare quotes); with ``header: false`` fields are column numbers ("0", "3")."""
+
+  format: Literal["auto", "jsonl", "csv", "tsv", "glue", "conll", "squad", "tfds"] = "auto"
+  train: str = ""  # a file; for format=tfds the split name
+  validation: str = ""
+  test: str = ""
+  tfds_name: str = ""  # format=tfds: dataset name (array_record data_source, no TensorFlow)
+  tfds_data_dir: str | None = None
+  text_field: str = "text"
+  text_pair_field: str | None = None  # sentence pairs (NLI, paraphrase, STS)
+  label_field: str = "label"
+  tokens_field: str = "tokens"  # token classification from JSONL / TFDS
+  tags_field: str = "tags"
+  header: bool = True
+  # The label set in class-id order; () = the sorted labels of the train split. An eval label
+  # outside the set is an error.
+  labels: tuple[str, ...] = ()
+  label_separator: str = ","  # multi_label labels given as one string in CSV/TSV
+  tokenizer: str | None = None  # default: the tokenizer of the starting checkpoint
+  max_seq_length: int = 128
+  # Extractive QA (google-research/bert run_squad.py defaults)
+  doc_stride: int = 128
+  max_query_length: int = 64
+
+  def __post_init__(self):
+    if self.max_seq_length < 8:
+      raise ConfigError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
+    if self.doc_stride < 1 or self.max_query_length < 1:
+      raise ConfigError("data.doc_stride and data.max_query_length must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class QaConfig:
+  version_2_with_negative: bool = False  # SQuAD 2.0: unanswerable questions
+  n_best_size: int = 20
+  max_answer_length: int = 30
+  # Predict "no answer" when null score - best span score > threshold (SQuAD 2.0).
+  null_score_diff_threshold: float = 0.0
+  tune_null_threshold: bool = True  # choose the threshold that maximises dev F1
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneTrainConfig:
+  epochs: float = 3.0
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  grad_accum_steps: int = 1
+  seeds: tuple[int, ...] = (0,)  # one run per seed; the summary reports the median
+  eval_every: int = 0  # steps between dev evaluations; 0 = every epoch
+  metric: str | None = None  # dev metric for the best checkpoint; None = the task's main metric
+  early_stopping_patience: int | None = None  # evaluations without improvement; null = off
+  log_every: int = 50
+
+  def __post_init__(self):
+    if self.epochs <= 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+      raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be positive")
+    if not self.seeds:
+      raise ConfigError("train.seeds must name at least one seed")
+    if self.batch_size % self.grad_accum_steps:
+      raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
+                        f"train.grad_accum_steps={self.grad_accum_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+  name: str = "finetune"
+  run_dir: str = "runs/finetune"
+  task: TaskType = "classification"
+  init_from: str = ""  # bertjax model/run folder or a transformers folder
+  # key=value changes to the starting model's config (dropout, classifier_pooling, ...)
+  model_overrides: tuple[str, ...] = ()
+  data: TaskDataConfig = TaskDataConfig()
+  optim: OptimConfig = OptimConfig(learning_rate=2e-5, warmup_steps=0, warmup_fraction=0.1,
+                                   weight_decay=0.01, eps=1e-8)
+  train: FinetuneTrainConfig = FinetuneTrainConfig()
+  qa: QaConfig = QaConfig()
+  checkpoint: CheckpointConfig = CheckpointConfig(every=0, keep=1)
+  mesh: MeshConfig = MeshConfig()
+
+  def __post_init__(self):
+    if not self.init_from:
+      raise ConfigError("init_from is required: a bertjax model folder or a transformers folder")
+
+  @property
+  def metric(self) -> str:
+    return self.train.metric or MAIN_METRIC[self.task]
+
+
+def finetune_config(task_yaml: str, overrides: list[str] = ()) -> FinetuneConfig:
+  """A task preset name (configs/tasks/NAME.yaml) or YAML path, plus dotted overrides."""
+  data = load_yaml(find_preset(task_yaml, "tasks"))
+  for text in overrides:
+    path, value = parse_override(text)
+    _validate_path(FinetuneConfig, path)
+    merge_into(data, path, value)
+  return from_dict(FinetuneConfig, data)

@@ -1,0 +1,112 @@
+"""A task's splits as model-ready arrays, and logits -> predictions -> metrics.
+
+Data flows one way: files -> examples (formats.py) -> arrays (features.py / qa.py) -> logits
+(the model) -> predictions and metrics (here and metrics.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bertjax.data.tokenizer import Tokenizer
+from bertjax.tasks import metrics as M
+from bertjax.tasks.config import FinetuneConfig
+from bertjax.tasks.features import sequence_features, token_features, word_predictions
+from bertjax.tasks.formats import check_labels, read_split
+from bertjax.tasks.qa import QaFeatures, postprocess, qa_features
+
+MODEL_INPUTS = ("input_ids", "token_type_ids", "padding_mask")
+
+
+@dataclasses.dataclass
+class SplitData:
+  name: str
+  examples: list[dict]
+  arrays: dict[str, np.ndarray]  # model inputs + targets, one row per feature
+  word_starts: list[np.ndarray] | None = None  # token classification
+  qa: QaFeatures | None = None
+
+  def __len__(self) -> int:
+    return len(next(iter(self.arrays.values())))
+
+  @property
+  def labelled(self) -> bool:
+    ex = self.examples[0] if self.examples else {}
+    return (ex.get("label") is not None or ex.get("tags") is not None or
+            bool(ex.get("answers")) or any(e.get("answers") for e in self.examples))
+
+
+def encode(examples: list[dict], name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
+           labels: tuple[str, ...]) -> SplitData:
+  d, task = cfg.data, cfg.task
+  if not examples:
+    raise ValueError(f"data.{name}: no examples")
+  if task == "qa":
+    feats = qa_features(examples, tokenizer, max_length=d.max_seq_length,
+                        doc_stride=d.doc_stride, max_query_length=d.max_query_length)
+    return SplitData(name, examples, feats.arrays, qa=feats)
+  if task == "token_classification":
+    arrays, starts = token_features(examples, tokenizer, labels, d.max_seq_length)
+    return SplitData(name, examples, arrays, word_starts=starts)
+  return SplitData(name, examples, sequence_features(examples, tokenizer, task, labels,
+                                                     d.max_seq_length))
+
+
+def load_split(name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
+               labels: tuple[str, ...]) -> SplitData:
+  examples = read_split(name, cfg.task, cfg.data)
+  check_labels(examples, cfg.task, labels, name)
+  return encode(examples, name, cfg, tokenizer, labels)
+
+
+def evaluate_logits(split: SplitData, logits: np.ndarray, cfg: FinetuneConfig,
+                    labels: tuple[str, ...], *, tune_threshold: bool = False,
+                    threshold: float | None = None) -> tuple[dict, list[dict]]:
+  """-> (metrics, one prediction dict per example). ``tune_threshold`` (SQuAD 2.0 dev) picks
+  the null threshold that maximises F1 and reports it as ``null_threshold``."""
+  task = cfg.task
+  if task == "qa":
+    qa = cfg.qa
+    thresh = qa.null_score_diff_threshold if threshold is None else threshold
+    result = postprocess(split.examples, split.qa, logits[..., 0], logits[..., 1],
+                         n_best_size=qa.n_best_size, max_answer_length=qa.max_answer_length,
+                         version_2_with_negative=qa.version_2_with_negative,
+                         null_score_diff_threshold=thresh)
+    metrics = {}
+    if qa.version_2_with_negative and tune_threshold:
+      _, thresh = M.best_null_threshold(split.examples, result.best_spans, result.null_diffs)
+      result.answers = {k: "" if result.null_diffs[k] > thresh else result.best_spans[k]
+                        for k in result.answers}
+    if qa.version_2_with_negative:
+      metrics["null_threshold"] = float(thresh)
+    metrics.update(M.squad_metrics(result.answers, split.examples))
+    preds = [{"id": ex["id"], "answer": result.answers[ex["id"]],
+              "nbest": result.nbest[ex["id"]][:5]} for ex in split.examples]
+    return metrics, preds
+  if task == "token_classification":
+    tags = word_predictions(logits, split.word_starts, labels)
+    preds = [{"tokens": ex["tokens"], "tags": t} for ex, t in zip(split.examples, tags)]
+    gold = [ex["tags"] for ex in split.examples]
+    return (M.entity_metrics(tags, gold) if all(g is not None for g in gold) else {}), preds
+  gold = split.arrays["label"]
+  if task == "regression":
+    scores = logits[..., 0]
+    preds = [{"text": ex["text"], "score": float(s)} for ex, s in zip(split.examples, scores)]
+    return (M.regression_metrics(scores, gold) if not np.isnan(gold).any() else {}), preds
+  if task == "multi_label":
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    preds = [{"text": ex["text"], "labels": [labels[j] for j in np.flatnonzero(p > 0.5)],
+              "probabilities": dict(zip(labels, map(float, p)))}
+             for ex, p in zip(split.examples, probs)]
+    return M.multi_label_metrics(logits, gold), preds
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  preds = [{"text": ex["text"], "label": labels[int(np.argmax(p))],
+            "probabilities": dict(zip(labels, map(float, p)))}
+           for ex, p in zip(split.examples, probs)]
+  labelled = gold >= 0
+  metrics = (M.classification_metrics(logits[labelled], gold[labelled], labels)
+             if labelled.all() else {})
+  return metrics, preds
