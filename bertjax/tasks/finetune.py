@@ -203,6 +203,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   params = initial_params(model_cfg, source_params, cfg.init_from)
   del source_params
 
+  _check_run_dir(run_dir, cfg)
   run_dir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -223,6 +224,18 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   if jax.process_index() == 0:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
+
+
+def _check_run_dir(run_dir: Path, cfg: FinetuneConfig) -> None:
+  """Resuming is for the same run: another task, start, model or data is refused up front."""
+  saved = run_dir / "config.yaml"
+  if not saved.exists():
+    return
+  old, new = yaml.safe_load(saved.read_text()) or {}, to_dict(cfg)
+  diff = [k for k in ("task", "init_from", "model_overrides", "data") if old.get(k) != new[k]]
+  if diff:
+    raise ConfigError(f"{run_dir} holds a fine-tuning run with a different {', '.join(diff)}; "
+                      "choose another run_dir")
 
 
 def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, model_cfg: ModelConfig,
@@ -342,16 +355,17 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
   base = [f"init_from={model_path}", f"task={task}"]
   if task_yaml:
     cfg = finetune_config(task_yaml, base + list(overrides))
-  else:
-    cfg = from_dict(FinetuneConfig, {"init_from": model_path, "task": task})
-    cfg = apply_overrides(cfg, list(overrides))
+  else:  # the settings it was fine-tuned with (fields, lengths, QA), when it comes from a run
+    saved = _run_config(model_path)
+    cfg = from_dict(FinetuneConfig, saved or {"init_from": model_path, "task": task})
+    cfg = apply_overrides(cfg, base + list(overrides))
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=data_file))
-  model, tokenizer = load_model_dir(model_path)
-  if tokenizer is None:
-    raise ConfigError(f"{model_path} has no tokenizer/ folder")
-  split = load_split("test", cfg, tokenizer, model_cfg.label_names)
   mesh = sharding.make_mesh(cfg.mesh)
   with sharding.use_mesh(mesh, cfg.mesh.rules):
+    model, tokenizer = load_model_dir(model_path, mesh=mesh, rules=cfg.mesh.rules)
+    if tokenizer is None:
+      raise ConfigError(f"{model_path} has no tokenizer/ folder")
+    split = load_split("test", cfg, tokenizer, model_cfg.label_names)
     graphdef, params = nnx.split(model)
     predictor = Predictor(graphdef, mesh, cfg.mesh.rules, batch_size, split.arrays)
     logits = predictor(params, split.arrays)
@@ -360,6 +374,19 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
   if best.exists():  # SQuAD 2.0: the threshold tuned on dev during fine-tuning
     threshold = json.loads(best.read_text()).get("metrics", {}).get("null_threshold")
   return evaluate_logits(split, logits, cfg, model_cfg.label_names, threshold=threshold)
+
+
+def _run_config(model_path: str) -> dict | None:
+  """The fine-tuning config saved in the run folder that holds this model (seed sub-runs
+  included), or None."""
+  model_dir = resolve_model_dir(model_path)
+  for folder in (model_dir.parent, model_dir.parent.parent):
+    f = folder / "config.yaml"
+    if f.exists():
+      data = yaml.safe_load(f.read_text()) or {}
+      if isinstance(data, dict) and "task" in data and "model" not in data:
+        return data
+  return None
 
 
 def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,

@@ -1,0 +1,218 @@
+"""End-to-end fine-tuning on the shared engine with a tiny BERT: it learns synthetic
+classification and NER tasks, keeps the best dev checkpoint, stops early, runs several seeds,
+gives the same losses on a sharded mesh, serves evaluate / predict, and exports a fine-tuned
+model that transformers loads with equal logits."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import transformers as T
+import torch
+
+from bertjax.checkpoint import load_model_dir, save_model_dir
+from bertjax.cli import main
+from bertjax.config import ConfigError, model_config
+from bertjax.data.pipeline import SHIPPED_TOKENIZERS
+from bertjax.data.sources import CORPUS_DIR
+from bertjax.data.tokenizer import Tokenizer
+from bertjax.models import Model
+from bertjax.tasks.config import finetune_config
+from bertjax.tasks.finetune import evaluate_model, finetune, predict_model
+from bertjax.train.optim import layer_depth, scale_by_layer_decay
+from flax import nnx
+
+POSITIVE = ["good", "great", "fine", "happy", "lovely", "bright"]
+NEGATIVE = ["bad", "awful", "sad", "poor", "dull", "grim"]
+FILLER = ["the", "film", "was", "a", "story", "of", "men", "and", "their", "house", "in", "town"]
+NAMES = [["john", "smith"], ["mary"], ["elizabeth", "bennet"], ["darcy"]]
+PLACES = [["london"], ["new", "york"], ["paris"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+  tokenizer = Tokenizer.from_dir(CORPUS_DIR / SHIPPED_TOKENIZERS["corpus"])
+  cfg = model_config({"family": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 32,
+                      "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+                      "max_position_embeddings": 64, "hidden_dropout": 0.0,
+                      "attention_dropout": 0.0, "heads": ["mlm", "nsp"]})
+  path = tmp_path_factory.mktemp("tiny") / "model"
+  save_model_dir(path, Model(cfg, rngs=nnx.Rngs(0)), tokenizer)
+  return path
+
+
+def _sentiment(tmp_path, n_train=320, n_dev=64):
+  rng = random.Random(0)
+  for split, n in (("train", n_train), ("dev", n_dev)):
+    with open(tmp_path / f"{split}.jsonl", "w") as f:
+      for _ in range(n):
+        label = rng.random() < 0.5
+        words = rng.sample(FILLER, 5) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        f.write(json.dumps({"text": " ".join(words), "label": "fresh" if label else "rotten"}) + "\n")
+  return tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+
+
+def _ner(tmp_path, n_train=256, n_dev=48):
+  rng = random.Random(1)
+  for split, n in (("train", n_train), ("dev", n_dev)):
+    with open(tmp_path / f"{split}.conll", "w") as f:
+      for _ in range(n):
+        words, tags = [], []
+        for _ in range(6):
+          r = rng.random()
+          kind, pool = ("person", NAMES) if r < 0.2 else ("loc", PLACES) if r < 0.35 else (None, None)
+          if kind:
+            entity = rng.choice(pool)
+            words += entity
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(entity) - 1)
+          else:
+            words.append(rng.choice(FILLER))
+            tags.append("O")
+        f.write("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) + "\n")
+  return tmp_path / "train.conll", tmp_path / "dev.conll"
+
+
+def _cfg(preset, tiny_model, run_dir, train, dev, *extra):
+  return finetune_config(preset, [
+      f"init_from={tiny_model}", f"run_dir={run_dir}", f"data.train={train}",
+      f"data.validation={dev}", f"data.test={dev}", "data.max_seq_length=24",
+      "optim.learning_rate=3e-3", "train.batch_size=16", "train.log_every=5", *extra])
+
+
+def test_sequence_classification_learns_and_serves(tiny_model, tmp_path):
+  train, dev = _sentiment(tmp_path)
+  run = tmp_path / "run"
+  summary = finetune(_cfg("rt-polarity", tiny_model, run, train, dev, "train.epochs=4"),
+                     quiet=True)
+  result = summary["seeds"]["0"]
+  assert result["dev"]["accuracy"] >= 0.9, result
+  assert result["test"] == result["dev"]  # the best model is the one scored on test
+  best = json.loads((run / "best.json").read_text())
+  assert best["value"] == result["dev"]["accuracy"] and result["best_step"] == best["step"]
+  events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+  assert sum(e["split"] == "eval" for e in events) == 4  # one dev evaluation per epoch
+  assert {"train", "test"} <= {e["split"] for e in events}
+  # evaluate / predict on the fine-tuned folder
+  assert evaluate_model(str(run), str(dev))["accuracy"] == pytest.approx(result["dev"]["accuracy"])
+  out = tmp_path / "pred.jsonl"
+  assert predict_model(str(run), str(dev), str(out)) == 64
+  first = json.loads(out.read_text().splitlines()[0])
+  assert first["label"] in ("rotten", "fresh") and abs(sum(first["probabilities"].values()) - 1) < 1e-5
+  # export -> transformers BertForSequenceClassification: equal logits, label names kept
+  assert main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
+  hf = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+  assert hf.config.id2label == {0: "rotten", 1: "fresh"}
+  model, tokenizer = load_model_dir(run)
+  enc = tokenizer.encode("a happy story of the town")
+  ids = np.array([enc.ids])
+  ours = np.asarray(model(ids, token_type_ids=np.array([enc.type_ids]),
+                          padding_mask=np.ones_like(ids, bool)).task_logits)
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor([enc.type_ids])).logits
+  assert np.max(np.abs(ours - theirs.numpy())) <= 1e-5
+
+
+def test_token_classification_learns_entities(tiny_model, tmp_path):
+  train, dev = _ner(tmp_path)
+  summary = finetune(_cfg("wnut16-ner", tiny_model, tmp_path / "run", train, dev,
+                          "train.epochs=6"), quiet=True)
+  dev_metrics = summary["seeds"]["0"]["dev"]
+  assert dev_metrics["f1"] >= 0.85, dev_metrics
+  assert summary["labels"] == ["B-loc", "B-person", "I-loc", "I-person", "O"]
+
+
+def test_early_stopping_and_seed_median(tiny_model, tmp_path):
+  train, dev = _sentiment(tmp_path, n_train=96, n_dev=32)
+  # a learning rate too small to change the dev metric: patience 1 stops at the 2nd evaluation
+  summary = finetune(_cfg("rt-polarity", tiny_model, tmp_path / "run", train, dev,
+                          "train.epochs=5", "optim.learning_rate=1e-12",
+                          "train.early_stopping_patience=1", "train.seeds=[3, 4, 5]"),
+                     quiet=True)
+  steps_per_epoch = 96 // 16
+  for seed in ("3", "4", "5"):
+    assert summary["seeds"][seed]["steps"] == 2 * steps_per_epoch
+    assert (tmp_path / "run" / f"seed-{seed}" / "model" / "config.yaml").exists()
+  accs = sorted(summary["seeds"][s]["dev"]["accuracy"] for s in ("3", "4", "5"))
+  assert summary["median_dev"]["accuracy"] == accs[1]
+
+
+def test_sharded_mesh_gives_the_same_losses(tiny_model, tmp_path):
+  train, dev = _sentiment(tmp_path, n_train=64, n_dev=16)
+  losses = {}
+  for mesh in (["mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"],
+               ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]):
+    import jax
+
+    devices = jax.devices()[:1] if mesh[0] == "mesh.data=1" else None
+    run = tmp_path / mesh[0]
+    finetune(_cfg("rt-polarity", tiny_model, run, train, dev, "train.epochs=1",
+                  "train.log_every=1", *mesh), quiet=True, devices=devices)
+    losses[mesh[0]] = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                       if json.loads(x)["split"] == "train"]
+  a, b = losses.values()
+  assert len(a) == 4 and np.max(np.abs(np.array(a) - np.array(b))) <= 1e-5
+
+
+def test_qa_pipeline_end_to_end(tiny_model, tmp_path):
+  """Train briefly on SQuAD-format data with unanswerable questions: predictions are spans of
+  their contexts or "", and the dev-tuned null threshold is reported and reused."""
+  rng = random.Random(2)
+  data = []
+  for i in range(48):
+    words = rng.sample(FILLER, 8)
+    city = rng.choice(["london", "paris", "york"])
+    context = " ".join(words[:4] + ["in", city] + words[4:])
+    start = len(" ".join(words[:4] + ["in"])) + 1
+    qas = [{"id": f"q{i}", "question": "where", "is_impossible": i % 4 == 0,
+            "answers": [] if i % 4 == 0 else [{"text": city, "answer_start": start}]}]
+    data.append({"title": "t", "paragraphs": [{"context": context, "qas": qas}]})
+  path = tmp_path / "squad.json"
+  path.write_text(json.dumps({"version": "v2.0", "data": data}))
+  summary = finetune(finetune_config("squad-v2", [
+      f"init_from={tiny_model}", f"run_dir={tmp_path / 'run'}", f"data.train={path}",
+      f"data.validation={path}", "data.max_seq_length=16", "data.doc_stride=4",
+      "train.batch_size=16", "train.epochs=2", "optim.learning_rate=3e-3"]), quiet=True)
+  dev = summary["seeds"]["0"]["dev"]
+  assert {"exact", "f1", "has_ans_f1", "no_ans_f1", "null_threshold"} <= set(dev)
+  out = tmp_path / "pred.jsonl"
+  predict_model(str(tmp_path / "run"), str(path), str(out), task_yaml="squad-v2")
+  preds = [json.loads(x) for x in out.read_text().splitlines()]
+  contexts = {qa["id"]: p["context"] for a in data for p in a["paragraphs"] for qa in p["qas"]}
+  assert len(preds) == 48
+  assert all(p["answer"] == "" or p["answer"] in contexts[p["id"]] for p in preds)
+
+
+def test_config_errors_are_one_line(tiny_model, tmp_path, capsys):
+  train, dev = _sentiment(tmp_path, n_train=16, n_dev=8)
+  with pytest.raises(ConfigError, match="unknown config key train.epoch; did you mean train.epochs"):
+    finetune_config("rt-polarity", ["train.epoch=3"])
+  with pytest.raises(ConfigError, match="unknown tasks preset 'rt-polarty'; did you mean rt-polarity"):
+    finetune_config("rt-polarty")
+  code = main(["finetune", "rt-polarity", f"init_from={tiny_model}", f"data.train={train}",
+               f"data.validation={tmp_path / 'missing.jsonl'}", f"run_dir={tmp_path / 'r'}",
+               "data.max_seq_length=24"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and "\n" not in err and "missing.jsonl does not exist" in err
+  with pytest.raises(ConfigError, match="train.metric='bleu' is not a classification metric"):
+    finetune(_cfg("rt-polarity", tiny_model, tmp_path / "m", train, dev, "train.metric=bleu",
+                  "train.epochs=1"), quiet=True)
+
+
+def test_layer_decay_multipliers():
+  """ELECTRA-style: block l of L -> decay^(L - l - 1)... i.e. lr * decay^(L - depth)."""
+  import jax.numpy as jnp
+
+  assert layer_depth(("encoder", "embeddings", "word", "embedding"), 3) == 0
+  assert layer_depth(("encoder", "layers", "2", "mlp", "wo", "kernel"), 3) == 3
+  assert layer_depth(("task", "output", "kernel"), 3) == 3
+  updates = {"encoder": {"embeddings": {"w": jnp.ones(2)},
+                         "layers": {"0": {"w": jnp.ones(2)}, "1": {"w": jnp.ones(2)}}},
+             "task": {"w": jnp.ones(2)}}
+  tx = scale_by_layer_decay(0.5, 2)
+  out, _ = tx.update(updates, tx.init(updates))
+  assert float(out["encoder"]["embeddings"]["w"][0]) == 0.25
+  assert float(out["encoder"]["layers"]["0"]["w"][0]) == 0.5
+  assert float(out["encoder"]["layers"]["1"]["w"][0]) == 1.0
+  assert float(out["task"]["w"][0]) == 1.0
