@@ -111,7 +111,10 @@ def _tfds_rows(split: str, cfg: TaskDataConfig) -> list[tuple[int, dict]]:
 
   source, features = tfds_data_source(cfg.tfds_name, split, cfg.tfds_data_dir)
   names = {}
-  label_feature = features.get(cfg.label_field) if hasattr(features, "get") else None
+  try:
+    label_feature = features[cfg.label_field]
+  except (KeyError, TypeError):
+    label_feature = None
   if label_feature is not None and hasattr(label_feature, "names"):
     names = dict(enumerate(label_feature.names))  # ClassLabel ids -> names
   rows = []
