@@ -119,9 +119,11 @@ def load_model_dir(path: str | Path, *, mesh=None, rules=None,
 
 def read_model_params(path: str | Path) -> dict[str, np.ndarray]:
   """A model folder's parameters as flat host arrays ({"encoder.layers.0...": array})."""
-  path = resolve_model_dir(path)
+  path = (resolve_model_dir(path) / "params").absolute()
   with ocp.StandardCheckpointer() as ckpt:
-    restored = ckpt.restore((path / "params").absolute())
+    # numpy targets: restore to host memory, whatever devices (or processes) saved it
+    meta = ckpt.metadata(path).item_metadata
+    restored = ckpt.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
   return {k: np.asarray(v) for k, v in _flatten(restored).items()}
 
 

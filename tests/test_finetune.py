@@ -216,3 +216,39 @@ def test_layer_decay_multipliers():
   assert float(out["encoder"]["layers"]["0"]["w"][0]) == 0.5
   assert float(out["encoder"]["layers"]["1"]["w"][0]) == 1.0
   assert float(out["task"]["w"][0]) == 1.0
+
+
+def test_two_processes_equal_one_process(tiny_model, tmp_path):
+  """2 processes x 4 devices: same training losses and dev metrics as 1 process x 8, and the
+  best model folder written by both processes loads."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  import portpicker
+
+  tests = Path(__file__).resolve().parent
+  train, dev = _sentiment(tmp_path, n_train=64, n_dev=40)
+  args = lambda run: [f"init_from={tiny_model}", f"run_dir={run}", f"data.train={train}",
+                      f"data.validation={dev}", "data.max_seq_length=24", "train.batch_size=16",
+                      "train.eval_batch_size=16", "train.epochs=2", "train.log_every=1",
+                      "optim.learning_rate=3e-3"]
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, PYTHONPATH=f"{tests}:{tests.parent}")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, str(tests / "mp_finetune.py"), str(i), str(port),
+                             "rt-polarity", *args(tmp_path / "two")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  one = finetune(finetune_config("rt-polarity", args(tmp_path / "one")), quiet=True)
+  two = json.loads((tmp_path / "two" / "summary.json").read_text())
+  assert two["seeds"]["0"]["dev"] == pytest.approx(one["seeds"]["0"]["dev"], abs=1e-6)
+  losses = lambda run: [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                        if json.loads(x)["split"] == "train"]
+  assert np.allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), atol=1e-6)
+  assert evaluate_model(str(tmp_path / "two"), str(dev))["accuracy"] == pytest.approx(
+      one["seeds"]["0"]["dev"]["accuracy"])
