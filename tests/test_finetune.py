@@ -252,3 +252,30 @@ def test_two_processes_equal_one_process(tiny_model, tmp_path):
   assert np.allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), atol=1e-6)
   assert evaluate_model(str(tmp_path / "two"), str(dev))["accuracy"] == pytest.approx(
       one["seeds"]["0"]["dev"]["accuracy"])
+
+
+@pytest.mark.parametrize("family,pooling", [("roberta", "cls"), ("albert", "pooler"),
+                                            ("distilbert", "cls"), ("electra", "cls"),
+                                            ("modernbert", "cls"), ("eurobert", "late")])
+def test_every_family_fine_tunes_with_its_own_head(family, pooling, tmp_path):
+  """A pretrained body of each family (its saved config predating any task head) gets the
+  family's classifier, trains, and serves predictions."""
+  tokenizer = Tokenizer.from_dir(CORPUS_DIR / SHIPPED_TOKENIZERS["corpus"])
+  sizes = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
+           "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 48,
+           "max_position_embeddings": 40}
+  if family == "albert":
+    sizes["embedding_size"] = 16
+  if family == "roberta":
+    sizes["position_offset"] = tokenizer.pad_id + 1
+  cfg = model_config({"family": family, **sizes})
+  save_model_dir(tmp_path / "body", Model(cfg, rngs=nnx.Rngs(0)), tokenizer)
+  train, dev = _sentiment(tmp_path, n_train=32, n_dev=16)
+  summary = finetune(_cfg("rt-polarity", tmp_path / "body", tmp_path / "run", train, dev,
+                          "train.epochs=1"), quiet=True)
+  model, _ = load_model_dir(tmp_path / "run")
+  assert model.config.classifier_pooling == pooling and model.config.heads == ("classifier",)
+  assert model.config.labels == ("rotten", "fresh")
+  assert 0.0 <= summary["seeds"]["0"]["dev"]["accuracy"] <= 1.0
+  assert evaluate_model(str(tmp_path / "run"), str(dev))["accuracy"] == pytest.approx(
+      summary["seeds"]["0"]["dev"]["accuracy"])
