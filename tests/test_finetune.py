@@ -136,6 +136,10 @@ def test_early_stopping_and_seed_median(tiny_model, tmp_path):
     assert (tmp_path / "run" / f"seed-{seed}" / "model" / "config.yaml").exists()
   accs = sorted(summary["seeds"][s]["dev"]["accuracy"] for s in ("3", "4", "5"))
   assert summary["median_dev"]["accuracy"] == accs[1]
+  with pytest.raises(ConfigError, match="holds 3 seed runs; pass one of them"):
+    evaluate_model(str(tmp_path / "run"), str(dev))
+  assert evaluate_model(str(tmp_path / "run" / "seed-4"), str(dev))["accuracy"] == \
+      pytest.approx(summary["seeds"]["4"]["dev"]["accuracy"])
 
 
 def test_sharded_mesh_gives_the_same_losses(tiny_model, tmp_path):

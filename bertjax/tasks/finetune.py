@@ -350,6 +350,10 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
            batch_size: int):
   from bertjax.tasks.config import finetune_config
 
+  seeds = sorted(Path(model_path).glob("seed-*/model"))
+  if seeds and not (Path(model_path) / "model").exists():
+    raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
+                      f"{seeds[0].parent}")
   model_cfg = read_model_config(model_path)
   task = _task_of(model_cfg)
   base = [f"init_from={model_path}", f"task={task}"]
