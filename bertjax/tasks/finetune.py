@@ -34,8 +34,8 @@ from bertjax.models import Model, family_defaults
 from bertjax.objectives.finetune import TaskObjective
 from bertjax.params import assign_flat_params, flat_shapes
 from bertjax.tasks.config import FinetuneConfig
-from bertjax.tasks.data import MODEL_INPUTS, SplitData, evaluate_logits, load_split
-from bertjax.tasks.formats import infer_labels, read_split
+from bertjax.tasks.data import MODEL_INPUTS, SplitData, encode, evaluate_logits, load_split
+from bertjax.tasks.formats import check_labels, infer_labels, read_split
 from bertjax.train.checkpoints import Checkpointer
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.metrics import MetricWriter, Progress
@@ -193,9 +193,6 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   if model_cfg.vocab_size < tokenizer.vocab_size:
     raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids, the model "
                       f"{model_cfg.vocab_size}; set data.tokenizer to the model's tokenizer")
-  from bertjax.tasks.data import encode
-  from bertjax.tasks.formats import check_labels
-
   check_labels(train_examples, cfg.task, labels, "train")
   train = encode(train_examples, "train", cfg, tokenizer, labels)
   dev = load_split("validation", cfg, tokenizer, labels) if cfg.data.validation else None
