@@ -235,7 +235,8 @@ def test_two_processes_equal_one_process(tiny_model, tmp_path):
   tests = Path(__file__).resolve().parent
   train, dev = _sentiment(tmp_path, n_train=64, n_dev=40)
   args = lambda run: [f"init_from={tiny_model}", f"run_dir={run}", f"data.train={train}",
-                      f"data.validation={dev}", "data.max_seq_length=24", "train.batch_size=16",
+                      f"data.validation={dev}", "data.test=", "data.max_seq_length=24",
+                      "train.batch_size=16",
                       "train.eval_batch_size=16", "train.epochs=2", "train.log_every=1",
                       "optim.learning_rate=3e-3"]
   port = portpicker.pick_unused_port()
