@@ -284,3 +284,25 @@ def test_every_family_fine_tunes_with_its_own_head(family, pooling, tmp_path):
   assert 0.0 <= summary["seeds"]["0"]["dev"]["accuracy"] <= 1.0
   assert evaluate_model(str(tmp_path / "run"), str(dev))["accuracy"] == pytest.approx(
       summary["seeds"]["0"]["dev"]["accuracy"])
+
+
+def test_layer_decay_on_a_real_parameter_tree():
+  """Through make_optimizer on an nnx parameter state: first Adam step ~lr * decay^(L - depth)."""
+  import jax
+  import jax.numpy as jnp
+
+  from bertjax.config import OptimConfig
+  from bertjax.train.optim import make_optimizer
+
+  cfg = model_config({"family": "bert", "vocab_size": 50, "hidden_size": 8, "num_layers": 2,
+                      "num_heads": 2, "intermediate_size": 8, "max_position_embeddings": 16})
+  _, params = nnx.split(Model(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+  tx = make_optimizer(OptimConfig(learning_rate=1.0, warmup_steps=0, layer_decay=0.5,
+                                  clip_norm=None, weight_decay=0.0), 10, cfg.num_blocks)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  size = lambda x: float(jnp.abs(x[...]).max())
+  enc = updates["encoder"]
+  assert size(enc["embeddings"]["word"]["embedding"]) == pytest.approx(0.25, rel=1e-4)
+  assert size(enc["layers"][0]["mlp"]["wo"]["kernel"]) == pytest.approx(0.5, rel=1e-4)
+  assert size(enc["layers"][1]["mlp"]["wo"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
+  assert size(enc["pooler"]["dense"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
