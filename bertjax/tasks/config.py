@@ -18,6 +18,11 @@ TaskType = Literal["classification", "multi_label", "regression", "token_classif
 # The dev metric that picks the best checkpoint, per task (overridable with train.metric).
 MAIN_METRIC = {"classification": "accuracy", "multi_label": "f1_micro", "regression": "pearson",
                "token_classification": "f1", "qa": "f1"}
+METRICS = {"classification": ("accuracy", "f1", "f1_macro", "mcc"),
+           "multi_label": ("f1_micro", "f1_macro", "accuracy"),
+           "regression": ("pearson", "spearman", "mse"),
+           "token_classification": ("f1", "precision", "recall", "accuracy"),
+           "qa": ("f1", "exact")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,9 @@ class FinetuneConfig:
   def __post_init__(self):
     if not self.init_from:
       raise ConfigError("init_from is required: a bertjax model folder or a transformers folder")
+    if self.metric not in METRICS[self.task]:
+      raise ConfigError(f"train.metric={self.metric!r} is not a {self.task} metric; choose from "
+                        f"{', '.join(METRICS[self.task])}")
 
   @property
   def metric(self) -> str:
