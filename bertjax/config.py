@@ -327,9 +327,16 @@ class TrainConfig:
   def __post_init__(self):
     if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
       raise ConfigError("train.steps, train.batch_size and train.grad_accum_steps must be >= 1")
-    if self.batch_size % self.grad_accum_steps:
-      raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
-                        f"train.grad_accum_steps={self.grad_accum_steps}")
+    check_microbatches(self.batch_size, self.grad_accum_steps)
+
+
+def check_microbatches(batch_size: int, grad_accum_steps: int) -> None:
+  """train.batch_size must split into train.grad_accum_steps equal microbatches."""
+  if grad_accum_steps < 1:
+    raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+  if batch_size % grad_accum_steps:
+    raise ConfigError(f"train.batch_size={batch_size} is not divisible by "
+                      f"train.grad_accum_steps={grad_accum_steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,7 +107,6 @@ class TaskHead(nnx.Module):
     kw = dict(rngs=rngs, std=cfg.initializer_range, **dtypes(cfg))
     transform = (cfg.classifier_transform == "all" or
                  (cfg.classifier_transform == "sequence" and kind == "classifier"))
-    self.kind = kind
     self.pooling = cfg.classifier_pooling if kind == "classifier" else None
     self.transform = (Dense(h, h, axes=("embed", "hidden"), use_bias=cfg.classifier_bias, **kw)
                       if transform else None)

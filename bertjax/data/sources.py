@@ -50,8 +50,8 @@ def read_text_documents(paths: list[Path]) -> list[list[str]]:
   return docs
 
 
-def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
-  docs = []
+def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterator[tuple[int, dict]]:
+  """(line number, object) per non-blank line; a bad line raises ``error`` naming file:line."""
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
@@ -59,12 +59,20 @@ def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-      if field not in record:
-        raise DataError(f"{path}:{n}: no field {field!r} (set data.text_field)")
-      paragraphs = [p.strip() for p in str(record[field]).split("\n") if p.strip()]
-      if paragraphs:
-        docs.append(paragraphs)
+        raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise error(f"{path}:{n}: expected a JSON object per line")
+      yield n, record
+
+
+def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
+  docs = []
+  for n, record in read_jsonl(path):
+    if field not in record:
+      raise DataError(f"{path}:{n}: no field {field!r} (set data.text_field)")
+    paragraphs = [p.strip() for p in str(record[field]).split("\n") if p.strip()]
+    if paragraphs:
+      docs.append(paragraphs)
   return docs
 
 

@@ -21,7 +21,6 @@ class TaskObjective:
 
   def __init__(self, task: str):
     self.task = task
-    self.name = task
 
   def totals(self, batch) -> dict[str, jax.Array]:
     """Whole-batch normalisers (so accumulated microbatches equal the full batch)."""

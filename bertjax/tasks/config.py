@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from bertjax.config import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig, find_preset,
-                            from_dict, load_yaml, merge_into, parse_override, _validate_path)
+from bertjax.config import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig,
+                            check_microbatches, find_preset, from_dict, load_yaml, merge_into,
+                            parse_override, _validate_path)
 
 TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
 
@@ -87,9 +88,7 @@ class FinetuneTrainConfig:
       raise ConfigError("train.epochs, train.batch_size and train.eval_batch_size must be positive")
     if not self.seeds:
       raise ConfigError("train.seeds must name at least one seed")
-    if self.batch_size % self.grad_accum_steps:
-      raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
-                        f"train.grad_accum_steps={self.grad_accum_steps}")
+    check_microbatches(self.batch_size, self.grad_accum_steps)
 
 
 @dataclasses.dataclass(frozen=True)

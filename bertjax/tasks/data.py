@@ -31,12 +31,6 @@ class SplitData:
   def __len__(self) -> int:
     return len(next(iter(self.arrays.values())))
 
-  @property
-  def labelled(self) -> bool:
-    ex = self.examples[0] if self.examples else {}
-    return (ex.get("label") is not None or ex.get("tags") is not None or
-            bool(ex.get("answers")) or any(e.get("answers") for e in self.examples))
-
 
 def encode(examples: list[dict], name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
            labels: tuple[str, ...]) -> SplitData:

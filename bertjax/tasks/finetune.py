@@ -77,8 +77,8 @@ def task_model_config(source: ModelConfig, cfg: FinetuneConfig,
   head = TASK_HEAD[cfg.task]
   fields = to_dict(source)
   if source.task_head != head:
-    defaults = family_defaults(source.family)
-    fields.update({k: defaults.get(k, to_dict(ModelConfig())[k]) for k in _HEAD_FIELDS})
+    defaults = {**to_dict(ModelConfig()), **family_defaults(source.family)}
+    fields.update({k: defaults[k] for k in _HEAD_FIELDS})
   num_labels = 2 if cfg.task == "qa" else 1 if cfg.task == "regression" else len(labels)
   fields.update(heads=[head], num_labels=num_labels, labels=list(labels),
                 problem_type=PROBLEM.get(cfg.task, "single_label"), generator_hidden_size=0.0)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertjax.data.sources import read_jsonl
 from bertjax.tasks.config import TaskDataConfig
 
 
@@ -68,19 +69,7 @@ def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
 def _read_rows(path: str, fmt: str, cfg: TaskDataConfig) -> list[tuple[int, dict]]:
   """-> [(line number, {field: value})]."""
   if fmt == "jsonl":
-    rows = []
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise TaskDataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-          raise TaskDataError(f"{path}:{n}: expected a JSON object per line")
-        rows.append((n, row))
-    return rows
+    return list(read_jsonl(path, TaskDataError))
   delimiter = "," if fmt == "csv" else "\t"
   quoting = csv.QUOTE_NONE if fmt == "glue" else csv.QUOTE_MINIMAL
   csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
