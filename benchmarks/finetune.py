@@ -39,7 +39,7 @@ def minilm_path() -> str:
 
 
 def task_config(name: str, seed: int, run_dir: str):
-  from bertjax.tasks.config import finetune_config
+  from bertjax.config import finetune_config
 
   r = RECIPES[name]
   d = DATA / name

@@ -56,7 +56,7 @@ def jax_worker(conn, args):
   ids, types, positions, labels, nsp = make_batch(cfg.vocab_size, args.batch, args.seq)
   batch = {"input_ids": ids, "token_type_ids": types, "padding_mask": np.ones_like(ids, bool),
            "masked_positions": positions, "masked_ids": labels,
-           "masked_weights": np.ones(positions.shape, np.float32), "nsp_label": nsp}
+           "masked_weights": np.ones(positions.shape, np.float32), "seq_relationship_label": nsp}
   batch = jax.device_put(batch)
   peaks = [measure_matmul_peak()]
   conn.send("ready")
@@ -105,7 +105,8 @@ def torch_worker(conn, args):
 def pipeline_tokens_per_second(batches: int = 300) -> dict:
   """Input pipeline on pre-tokenized ArrayRecord instances, in-process (one core)."""
   from bertjax.config import DataConfig
-  from bertjax.data.pipeline import load_corpus, make_dataset, masking_spec
+  from bertjax.data.corpus import load_corpus
+  from bertjax.data.pipeline import make_dataset, masking_spec
   from bertjax.data.prepare import prepare_data
 
   out = os.path.join(tempfile.mkdtemp(), "prepared")

@@ -5,44 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 
 def _import_hf(args) -> None:
-  from bertjax.checkpoint import save_model_dir
-  from bertjax.data.tokenizer import Tokenizer, TokenizerError
-  from bertjax.interop.hf import load_hf
-  from bertjax.models import Model
-  from bertjax.params import assign_flat_params
-  from flax import nnx
+  from bertjax.interop import import_hf
 
-  if Path(args.dst).exists() and not args.overwrite:
-    raise FileExistsError(f"{args.dst} already exists; choose another folder or pass --overwrite")
-  cfg, params = load_hf(args.src)
-  model = assign_flat_params(Model(cfg, rngs=nnx.Rngs(0)), params)
-  try:
-    tokenizer = Tokenizer.from_dir(args.src)
-  except TokenizerError as e:
-    print(f"warning: no usable tokenizer in {args.src} ({e}); saving the model without one",
-          file=sys.stderr)
-    tokenizer = None
-  dst = save_model_dir(args.dst, model, tokenizer, overwrite=args.overwrite)
-  print(json.dumps({"checkpoint": str(dst), "family": cfg.family, "heads": list(cfg.heads),
-                    "pooler": cfg.pooler}))
+  cfg = import_hf(args.src, args.dst, overwrite=args.overwrite)
+  print(json.dumps({"checkpoint": str(Path(args.dst).absolute()), "family": cfg.family,
+                    "heads": list(cfg.heads), "pooler": cfg.pooler}))
 
 
 def _export_hf(args) -> None:
-  from bertjax.checkpoint import load_model_dir, resolve_model_dir
-  from bertjax.interop.hf import export_hf
+  from bertjax.interop import export_hf
 
-  model, _ = load_model_dir(args.src)
-  tok_dir = resolve_model_dir(args.src) / "tokenizer"
-  dst = export_hf(model, args.dst, tok_dir if tok_dir.is_dir() else None)
-  print(json.dumps({"exported": str(dst)}))
+  print(json.dumps({"exported": str(export_hf(args.src, args.dst))}))
 
 
 def _load_for_inference(path: str):
-  from bertjax.checkpoint import load_model_dir
+  from bertjax.model_dir import load_model_dir
 
   model, tokenizer = load_model_dir(path)
   if tokenizer is None:
@@ -87,7 +69,7 @@ def _train_tokenizer(args) -> None:
 
 def _pretrain(args) -> None:
   from bertjax.config import experiment_config
-  from bertjax.train.loop import pretrain
+  from bertjax.train.pretrain import pretrain
 
   if args.distributed:  # Cloud TPU VMs / SLURM: coordinator and process ids are auto-detected
     import jax
@@ -112,7 +94,7 @@ def _pretrain(args) -> None:
 
 
 def _finetune(args) -> None:
-  from bertjax.tasks.config import finetune_config
+  from bertjax.config import finetune_config
   from bertjax.tasks.finetune import finetune
 
   if args.distributed:
@@ -124,14 +106,14 @@ def _finetune(args) -> None:
 
 
 def _evaluate(args) -> None:
-  from bertjax.tasks.finetune import evaluate_model
+  from bertjax.tasks.serve import evaluate_model
 
   print(json.dumps(evaluate_model(args.model, args.data, args.task, args.overrides,
                                   args.batch_size), indent=1))
 
 
 def _predict(args) -> None:
-  from bertjax.tasks.finetune import predict_model
+  from bertjax.tasks.serve import predict_model
 
   n = predict_model(args.model, args.data, args.output, args.task, args.overrides,
                     args.batch_size)
@@ -234,12 +216,15 @@ def main(argv: list[str] | None = None) -> int:
   from bertjax.interop.hf import HFImportError
   from bertjax.tasks.formats import TaskDataError
 
-  try:
-    args.func(args)
-  except (ConfigError, DataError, HFImportError, TokenizerError, TaskDataError, FileExistsError,
-          FileNotFoundError, ValueError) as e:
-    print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
-    return 2
+  with warnings.catch_warnings():  # the library's warnings as the CLI's own one-liners
+    warnings.showwarning = lambda message, *_, **__: print(
+        f"bertjax {args.command}: warning: {message}", file=sys.stderr)
+    try:
+      args.func(args)
+    except (ConfigError, DataError, HFImportError, TokenizerError, TaskDataError,
+            FileExistsError, FileNotFoundError, ValueError) as e:
+      print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
+      return 2
   return 0
 
 

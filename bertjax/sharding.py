@@ -3,6 +3,10 @@
 Parameters carry logical axis names (``nnx.Param(..., logical_axes=(...))``); one rules table
 maps each logical name to a mesh axis (``data``, ``fsdp``, ``tensor``) or None (replicated). The
 same code runs on 1 CPU device, 8 fake CPU devices and a TPU pod: only the mesh shape changes.
+
+A mesh travels alone: ``with use_mesh(mesh, rules):`` binds a config's rules to it, and every
+function here that takes ``mesh`` (or finds the active one when given none) reads them from
+there -- the default table otherwise.
 """
 
 from __future__ import annotations
@@ -100,8 +104,9 @@ def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def state_shardings(state, mesh: Mesh, rules=None):
+def state_shardings(state, mesh: Mesh | None = None):
   """A tree like ``state`` whose leaves are NamedShardings derived from ``logical_axes``."""
+  mesh, rules = layout(mesh)
 
   def one(var):
     axes = var.get_metadata().get("logical_axes")
@@ -115,18 +120,24 @@ def state_shardings(state, mesh: Mesh, rules=None):
   return jax.tree.map(one, state, is_leaf=_is_var)
 
 
-def create_sharded(make_model, mesh: Mesh, rules=None):
+def create_sharded(make_model, mesh: Mesh | None = None):
   """Build ``make_model()`` directly sharded: abstract init -> shardings -> jitted init."""
   abstract = nnx.eval_shape(make_model)
   graphdef, abstract_state = nnx.split(abstract)
-  shardings = state_shardings(abstract_state, mesh, rules)
+  shardings = state_shardings(abstract_state, mesh)
   state = jax.jit(lambda: nnx.split(make_model())[1], out_shardings=shardings)()
   return nnx.merge(graphdef, state)
 
 
-def batch_sharding(mesh: Mesh, rules=None, ndim: int = 2) -> NamedSharding:
+def batch_sharding(mesh: Mesh | None = None, ndim: int = 2) -> NamedSharding:
   """Sharding for a ``[batch, ...]`` input array: batch over the data-parallel axes."""
+  mesh, rules = layout(mesh)
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), None, mesh, rules))
+
+
+def global_batch(local: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
+  """Assemble each process's rows into global arrays on the mesh's data axes."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +159,16 @@ def use_mesh(mesh: Mesh, rules=None) -> Iterator[Mesh]:
 def active_mesh() -> tuple[Mesh, Any] | None:
   """(mesh, rules) inside ``use_mesh``, else None."""
   return _ACTIVE.get()
+
+
+def layout(mesh: Mesh | None = None) -> tuple[Mesh, Any]:
+  """(mesh, rules): ``mesh`` (the active one if None) with the rules ``use_mesh`` bound to it."""
+  active = _ACTIVE.get()
+  if mesh is None:
+    if active is None:
+      raise ValueError("no mesh: pass one, or call inside sharding.use_mesh(mesh)")
+    return active
+  return (mesh, active[1]) if active is not None and active[0] == mesh else (mesh, None)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -11,7 +11,7 @@ def main():
   jax.config.update("jax_num_cpu_devices", 4)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
-  from bertjax.tasks.config import finetune_config
+  from bertjax.config import finetune_config
   from bertjax.tasks.finetune import finetune
 
   finetune(finetune_config(sys.argv[3], sys.argv[4:]), quiet=True)

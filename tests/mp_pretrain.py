@@ -14,7 +14,7 @@ def main():
 
   from pretrain_helpers import config
 
-  from bertjax.train.loop import pretrain
+  from bertjax.train.pretrain import pretrain
 
   pretrain(config(Path(run_dir), Path(corpus), *sys.argv[5:]), quiet=True)
   jax.distributed.shutdown()

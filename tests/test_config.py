@@ -8,7 +8,8 @@ import transformers as T
 from flax import nnx
 
 from bertjax.config import ConfigError, MeshConfig, apply_overrides, model_config, presets_dir
-from bertjax.models import Model, get_family
+from bertjax.interop import get_adapter
+from bertjax.models import Model
 from bertjax.params import flat_shapes
 
 PRESETS = sorted(p.stem for p in (presets_dir() / "model").glob("*.yaml"))
@@ -29,7 +30,7 @@ def test_every_family_has_published_and_tiny_presets():
 def test_preset_parameter_count_equals_transformers(preset):
   """Same config through export's config mapping: the HF class has exactly our parameters."""
   cfg = model_config(preset)
-  family = get_family(cfg.family)
+  family = get_adapter(cfg.family)
   shapes = flat_shapes(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
   ours = sum(math.prod(s) for k, s in shapes.items()
              if not k.startswith(("generator.", "generator_mlm.")))

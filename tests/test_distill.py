@@ -8,12 +8,12 @@ import transformers as T
 from flax import nnx
 
 from bertjax import cli
-from bertjax.checkpoint import load_model_dir
+from bertjax.model_dir import load_model_dir
 from bertjax.config import DistillConfig, experiment_config
 from bertjax.models import Model
 from bertjax.objectives.distill import DistillObjective, student_config, student_from_teacher
 from bertjax.params import assign_flat_params, flat_params
-from bertjax.train.loop import pretrain
+from bertjax.train.pretrain import pretrain
 
 from hf_oracle import hf_model
 from pretrain_helpers import small_corpus, train_losses

@@ -14,7 +14,7 @@ from bertjax.config import model_config
 from bertjax.data.masking import MaskingSpec, mask_instance
 from bertjax.models import Model
 from bertjax.objectives import ElectraObjective
-from bertjax.train.loop import pretrain
+from bertjax.train.pretrain import pretrain
 
 from hf_oracle import max_diff, run_hf
 from pretrain_helpers import small_corpus, train_losses
@@ -41,7 +41,7 @@ def test_generator_input_is_85_mask_15_unchanged():
 def tiny_electra():
   return model_config({"family": "electra", "vocab_size": 50, "embedding_size": 16,
                        "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 48,
-                       "generator_hidden_size": 0.5, "hidden_dropout": 0.0,
+                       "generator_width_fraction": 0.5, "hidden_dropout": 0.0,
                        "attention_dropout": 0.0})
 
 
@@ -84,7 +84,7 @@ def test_electra_trains_and_exports_its_discriminator(tmp_path):
   assert 0.05 <= result["eval"]["replaced_fraction"] <= 0.2
   assert cli.main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
   hf = T.ElectraForPreTraining.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
-  from bertjax.checkpoint import load_model_dir
+  from bertjax.model_dir import load_model_dir
 
   ours, _ = load_model_dir(run)
   ids = np.random.default_rng(0).integers(5, 1000, (2, 16))

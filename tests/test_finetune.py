@@ -11,15 +11,16 @@ import pytest
 import transformers as T
 import torch
 
-from bertjax.checkpoint import load_model_dir, save_model_dir
+from bertjax.model_dir import load_model_dir, save_model_dir
 from bertjax.cli import main
 from bertjax.config import ConfigError, model_config
-from bertjax.data.pipeline import SHIPPED_TOKENIZERS
+from bertjax.data.corpus import SHIPPED_TOKENIZERS
 from bertjax.data.sources import CORPUS_DIR
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.models import Model
-from bertjax.tasks.config import finetune_config
-from bertjax.tasks.finetune import evaluate_model, finetune, predict_model
+from bertjax.config import finetune_config
+from bertjax.tasks.finetune import finetune
+from bertjax.tasks.serve import evaluate_model, predict_model
 from bertjax.train.optim import layer_depth, scale_by_layer_decay
 from flax import nnx
 

@@ -12,7 +12,7 @@ import transformers as T
 from safetensors.numpy import load_file, save_file
 
 from bertjax import cli
-from bertjax.checkpoint import load_model_dir
+from bertjax.model_dir import load_model_dir
 from bertjax.interop.hf import HFImportError, load_hf
 
 from hf_oracle import hf_model, max_diff, run_hf

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from bertjax.config import model_config
-from bertjax.models import Model, families
+from bertjax.config import families
+from bertjax.models import Model
 
 TOL = 1e-5
 

@@ -10,7 +10,7 @@ import pytest
 import transformers as T
 from flax import nnx
 
-from bertjax.interop.hf import export_hf
+from bertjax.interop.hf import save_hf
 from bertjax.models import Model
 
 from hf_oracle import hf_model, import_into_bertjax, max_diff, run_hf
@@ -157,7 +157,7 @@ def test_export_loads_in_transformers_with_equal_outputs(name, tmp_path):
   hf_ref = hf_model(case.hf_class, case.config)
   ours = import_into_bertjax(hf_ref, tmp_path / "ref")  # only for the config
   fresh = Model(ours.config, rngs=nnx.Rngs(7))
-  export_hf(fresh, tmp_path / "export")
+  save_hf(fresh, tmp_path / "export")
   loaded = getattr(T, case.hf_class).from_pretrained(tmp_path / "export",
                                                      attn_implementation="eager").eval()
   ids, mask, types = make_inputs(case, seed=1)
@@ -171,7 +171,7 @@ def test_import_export_round_trip_is_exact(name, tmp_path):
   case = CASES[name]
   hf = hf_model(case.hf_class, case.config)
   ours = import_into_bertjax(hf, tmp_path / "in")
-  export_hf(ours, tmp_path / "out")
+  save_hf(ours, tmp_path / "out")
   again = getattr(T, case.hf_class).from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
   for (k, a), (k2, b) in zip(sorted(hf.state_dict().items()), sorted(again.state_dict().items())):
     assert k == k2
@@ -224,7 +224,7 @@ def test_electra_joint_model_shares_embeddings_and_matches_transformers(tmp_path
         p_dst.copy_(p_src)
   disc = import_into_bertjax(hf_disc, tmp_path / "d")
   gen = import_into_bertjax(hf_gen, tmp_path / "g")
-  cfg = model_config({**dataclasses.asdict(disc.config), "generator_hidden_size": 0.5})
+  cfg = model_config({**dataclasses.asdict(disc.config), "generator_width_fraction": 0.5})
   assert cfg.generator().hidden_size == 16 and cfg.generator().num_heads == 1
   joint = Model(cfg, rngs=nnx.Rngs(0))
   assert joint.generator.embeddings is joint.encoder.embeddings

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bertjax import cli
-from bertjax.train.checkpoints import Checkpointer
-from bertjax.train.loop import pretrain
+from bertjax.train.checkpointer import Checkpointer
+from bertjax.train.pretrain import pretrain
 
 from pretrain_helpers import config, overrides, small_corpus, train_losses
 

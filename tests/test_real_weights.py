@@ -11,7 +11,7 @@ import torch
 import transformers as T
 
 from bertjax import cli
-from bertjax.checkpoint import load_model_dir
+from bertjax.model_dir import load_model_dir
 from bertjax.inference import encode_with_masks, forward, pad_batch
 
 SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy dog!",

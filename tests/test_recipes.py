@@ -10,7 +10,7 @@ from bertjax.config import experiment_config
 from bertjax.data.instances import Instance
 from bertjax.data.masking import (MaskingSpec, SpanSpec, _select_ngrams, ngram_probabilities,
                                   span_lengths_distribution, span_mask_instance)
-from bertjax.train.loop import pretrain
+from bertjax.train.pretrain import pretrain
 
 from pretrain_helpers import small_corpus, train_losses
 from test_masking import sigma3
@@ -119,7 +119,7 @@ def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
     import transformers as T
 
     from bertjax import cli
-    from bertjax.checkpoint import load_model_dir
+    from bertjax.model_dir import load_model_dir
 
     assert "sbo_loss" in result["eval"]
     assert cli.main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
@@ -135,7 +135,7 @@ def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
 
 def test_modernbert_context_extension_starts_from_phase_one(tmp_path):
   """Phase 2 is a second config: phase-1 parameters, a new theta and 4x longer sequences."""
-  from bertjax.checkpoint import load_model_dir
+  from bertjax.model_dir import load_model_dir
   from bertjax.params import flat_params
 
   corpus = small_corpus(tmp_path / "books.txt", paragraphs=200)

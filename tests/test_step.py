@@ -31,7 +31,7 @@ def batch(n=8, t=16, p=4, seed=0):
   return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "padding_mask": mask,
           "masked_positions": rng.integers(1, 12, (n, p)).astype(np.int32),
           "masked_ids": rng.integers(5, 64, (n, p)).astype(np.int32), "masked_weights": weights,
-          "nsp_label": rng.integers(0, 2, n).astype(np.int32)}
+          "seq_relationship_label": rng.integers(0, 2, n).astype(np.int32)}
 
 
 def run_step(cfg, accum, b, opt=OptimConfig(learning_rate=1e-2, warmup_steps=0, clip_norm=None),

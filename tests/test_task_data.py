@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from bertjax.data.pipeline import SHIPPED_TOKENIZERS
+from bertjax.data.corpus import SHIPPED_TOKENIZERS
 from bertjax.data.sources import CORPUS_DIR
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
-from bertjax.tasks.config import TaskDataConfig
+from bertjax.config import TaskDataConfig
 from bertjax.tasks.features import IGNORE, token_features, word_predictions
 from bertjax.tasks.formats import TaskDataError, check_labels, infer_labels, read_split
 from bertjax.tasks.qa import _windows, postprocess, qa_features

@@ -10,7 +10,7 @@ import pytest
 import transformers as T
 from flax import nnx
 
-from bertjax.interop.hf import export_hf
+from bertjax.interop.hf import save_hf
 from bertjax.models import Model
 
 from hf_oracle import hf_model, import_into_bertjax, max_diff, run_hf
@@ -90,7 +90,7 @@ def test_exported_task_model_loads_in_transformers(family, kind, tmp_path):
   labels = ("start", "end") if kind == "qa" else ("O", "B-x", "I-x")
   cfg = dataclasses.replace(ref.config, labels=labels)
   fresh = Model(cfg, rngs=nnx.Rngs(7))
-  export_hf(fresh, tmp_path / "export")
+  save_hf(fresh, tmp_path / "export")
   auto = {"seq": T.AutoModelForSequenceClassification, "token": T.AutoModelForTokenClassification,
           "qa": T.AutoModelForQuestionAnswering}[kind]
   loaded = auto.from_pretrained(tmp_path / "export", attn_implementation="eager").eval()

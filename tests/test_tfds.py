@@ -5,7 +5,7 @@ import lzma
 import tensorflow_datasets as tfds
 
 from bertjax.data.sources import corpus_files, read_documents
-from bertjax.train.loop import pretrain
+from bertjax.train.pretrain import pretrain
 
 from pretrain_helpers import config, train_losses
 
@@ -64,7 +64,7 @@ class BertjaxToyReviews(tfds.core.GeneratorBasedBuilder):
 
 
 def test_tfds_labeled_split_for_fine_tuning(tmp_path):
-  from bertjax.tasks.config import TaskDataConfig
+  from bertjax.config import TaskDataConfig
   from bertjax.tasks.formats import infer_labels, read_split
 
   data_dir = tmp_path / "tfds"

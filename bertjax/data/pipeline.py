@@ -1,5 +1,5 @@
-"""Grain input pipeline: instances -> (epoch-shuffled, host-sharded) examples -> masked batches
--> global jax.Arrays.
+"""Grain input pipeline: instances -> (epoch-shuffled, host-sharded) examples -> masked numpy
+batches of this process's rows (``sharding.global_batch`` makes them global jax.Arrays).
 
 Determinism: example order is a permutation per (seed, epoch); an example's mask comes from
 ``np.random.default_rng([seed, epoch, example])`` (dynamic) or ``[seed, example]`` (static).
@@ -8,104 +8,15 @@ The grain iterator state is just an index, saved in every checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-from typing import Iterator
-
 import grain
 import jax
 import numpy as np
 
 from bertjax.config import DataConfig
-from bertjax.data import sources
-from bertjax.data.instances import (InstanceStore, Specials, full_sentence_instances,
-                                    nsp_instances, packed_instances)
 from bertjax.data.masking import MaskingSpec, SpanSpec, mask_instance, span_mask_instance
 from bertjax.data.tokenizer import Tokenizer
 
 _FOREVER = 2**40
-
-
-SHIPPED_TOKENIZERS = {  # vocabularies trained on the shipped corpus (bertjax train-tokenizer)
-    "corpus": "tokenizer",  # WordPiece, 8192, uncased (BERT)
-    "corpus-bpe": "tokenizer-bpe",  # byte-level BPE, 8192 (RoBERTa)
-    "corpus-spm": "tokenizer-spm",  # SentencePiece unigram, 8000, lowercased (ALBERT)
-}
-
-
-def load_tokenizer(cfg: DataConfig) -> Tokenizer:
-  if cfg.tokenizer in SHIPPED_TOKENIZERS:
-    return Tokenizer.from_dir(sources.CORPUS_DIR / SHIPPED_TOKENIZERS[cfg.tokenizer])
-  return Tokenizer.from_dir(cfg.tokenizer)
-
-
-def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer):
-  """Documents of sentences -> documents of (ids, word_start) arrays, in one batched call."""
-  sentences = sources.documents_to_sentences(docs)
-  flat = [s for doc in sentences for s in doc]
-  encoded = tokenizer.tokenize_batch(flat)
-  out, k = [], 0
-  for doc in sentences:
-    tokenized = []
-    for _ in doc:
-      ids, _, words = encoded[k]
-      k += 1
-      if ids:
-        words = np.asarray([-1 if w is None else w for w in words])
-        starts = np.r_[True, words[1:] != words[:-1]]
-        tokenized.append((np.asarray(ids, np.int32), starts))
-    if tokenized:
-      out.append(tokenized)
-  return out
-
-
-def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int) -> InstanceStore:
-  sp = Specials(tokenizer.cls_id, tokenizer.sep_id, tokenizer.roberta_template)
-  rng = np.random.default_rng([cfg.seed, seed])
-  if cfg.instances in ("nsp", "sop"):
-    instances = nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
-                              short_seq_prob=cfg.short_seq_prob, rng=rng,
-                              sop=cfg.instances == "sop", sop_single_chunk=cfg.sop_single_chunk)
-  elif cfg.instances == "full_sentences":
-    instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length)
-  else:
-    instances = packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
-  return InstanceStore.from_instances(instances)
-
-
-@dataclasses.dataclass
-class Corpus:
-  """Train and held-out instances plus what masking needs to know."""
-
-  train: InstanceStore
-  eval: InstanceStore
-  tokenizer: Tokenizer
-  unigram_token: int  # the most frequent non-template training token (the unigram baseline)
-
-
-def most_frequent_token(store: InstanceStore, vocab_size: int) -> int:
-  return int(np.argmax(np.bincount(store.ids[~store.special], minlength=vocab_size)))
-
-
-def load_corpus(cfg: DataConfig) -> Corpus:
-  """Instances from raw text (tokenized now) or from a ``prepare-data`` ArrayRecord folder."""
-  from bertjax.data import prepare
-
-  if prepare.is_prepared(cfg.source):
-    root = Path(cfg.source)
-    meta = prepare.read_meta(root)
-    return Corpus(prepare.ArrayRecordStore([root / n for n in meta["train"]]),
-                  prepare.ArrayRecordStore([root / n for n in meta["eval"]]),
-                  Tokenizer.from_dir(root / "tokenizer"), meta["unigram_token"])
-  tokenizer = load_tokenizer(cfg)
-  docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
-                                tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
-  if not docs:
-    raise sources.DataError(f"data.source {cfg.source}: no text found")
-  train_docs, eval_docs = sources.split_heldout(docs, cfg.eval_fraction, cfg.seed)
-  train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
-  heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1)
-  return Corpus(train, heldout, tokenizer, most_frequent_token(train, tokenizer.vocab_size))
 
 
 def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:
@@ -177,7 +88,7 @@ class MakeExample:
         "masked_positions": positions,
         "masked_ids": labels,
         "masked_weights": weights,
-        "nsp_label": np.int32(x.label),
+        "seq_relationship_label": np.int32(x.label),  # NSP or SOP
     }
     out["input_ids"][:n] = ids
     out["token_type_ids"][:n] = x.type_ids
@@ -210,14 +121,4 @@ def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size:
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
   return it
-
-
-def global_batch(local: dict[str, np.ndarray], shardings) -> dict[str, jax.Array]:
-  """Assemble each process's rows into global arrays on the mesh's data axes."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
-
-
-def batches(iterator: Iterator, shardings) -> Iterator[dict[str, jax.Array]]:
-  for local in iterator:
-    yield global_batch(local, shardings)
 

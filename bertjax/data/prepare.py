@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from bertjax.config import DataConfig, to_dict
-from bertjax.data.instances import InstanceStore, deserialize, serialize
-
-META = "meta.json"
+from bertjax.data.corpus import META, load_corpus
+from bertjax.data.instances import InstanceStore, serialize
 
 
 def write_shards(store: InstanceStore, out: Path, split: str, num_shards: int) -> list[str]:
@@ -36,8 +35,6 @@ def write_shards(store: InstanceStore, out: Path, split: str, num_shards: int) -
 
 
 def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int = 4) -> Path:
-  from bertjax.data.pipeline import load_corpus
-
   out = Path(out_dir).absolute()
   if out.exists():
     raise FileExistsError(f"{out} already exists; choose another folder or remove it")
@@ -57,33 +54,3 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int = 4) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
-
-
-class ArrayRecordStore:
-  """Random access to serialized instances in ArrayRecord shards."""
-
-  def __init__(self, paths: list[Path]):
-    import grain
-
-    self.paths = [str(p) for p in paths]
-    self.source = grain.sources.ArrayRecordDataSource(self.paths)
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def __getitem__(self, i: int):
-    return deserialize(self.source[int(i)])
-
-  def __getstate__(self):
-    return {"paths": self.paths}
-
-  def __setstate__(self, state):
-    self.__init__(state["paths"])
-
-
-def is_prepared(path: str | Path) -> bool:
-  return (Path(path) / META).exists()
-
-
-def read_meta(path: str | Path) -> dict:
-  return json.loads((Path(path) / META).read_text())

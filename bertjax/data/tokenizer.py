@@ -192,10 +192,6 @@ class Tokenizer:
     return self.backend.decode([i for i in ids if i not in special])
 
   @property
-  def special_ids(self) -> set[int]:
-    return {self.cls_id, self.sep_id, self.pad_id, self.mask_id}
-
-  @property
   def num_special_tokens(self) -> tuple[int, int]:
     """Template tokens added for (single, pair) inputs."""
     return (2, 4) if self.roberta_template else (2, 3)

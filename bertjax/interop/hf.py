@@ -1,4 +1,5 @@
-"""Hugging Face transformers folders (config.json + safetensors / pytorch_model.bin) in and out.
+"""Hugging Face transformers folders (config.json + safetensors / pytorch_model.bin) <-> a
+bertjax config and parameters: ``load_hf`` reads one, ``save_hf`` writes a model as one.
 
 Import is strict: every bertjax parameter must be found with the right shape and every HF
 weight must be used, except known non-weights (position-id buffers, optimizer slots, tied
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from bertjax.config import ConfigError, ModelConfig, from_dict
-from bertjax.models import Model, family_defaults, family_for_model_type, get_family
-from bertjax.models.registry import task_config_from_hf, task_config_to_hf
+from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict
+from bertjax.interop.adapter import task_config_from_hf, task_config_to_hf
 from bertjax.interop.names import Part
+from bertjax.interop.registry import adapter_for_model_type, get_adapter
+from bertjax.models import Model
 from bertjax.params import flat_params, flat_shapes
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
@@ -95,40 +97,40 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     raise HFImportError(f"{config_path}: invalid JSON ({e})") from None
   if "model_type" not in hf_cfg:
     raise HFImportError(f"{config_path}: no model_type field")
-  family = family_for_model_type(hf_cfg["model_type"])
+  adapter = adapter_for_model_type(hf_cfg["model_type"])
 
   state: dict[str, np.ndarray] = {}
   for key, value in read_state_dict(src).items():
     if _IGNORED.search(key):
       continue
-    norm = normalize_key(key, family.hf_prefix)
+    norm = normalize_key(key, adapter.hf_prefix)
     if norm in state:
       raise HFImportError(f"{src}: weight {norm} appears twice (with and without prefix)")
     state[norm] = value
 
-  fields = dict(family_defaults(family.name), **family.config_from_hf(hf_cfg))
+  fields = dict(family_defaults(adapter.family), **adapter.config_from_hf(hf_cfg))
   task = task_config_from_hf(hf_cfg)  # a *ForSequenceClassification etc. has only its task head
   fields["heads"] = tuple(h for h in ("mlm", "nsp", "sop", "rtd")
-                          if h in family.head_keys and family.head_keys[h] in state)
+                          if h in adapter.head_keys and adapter.head_keys[h] in state)
   fields.update(task)
-  fields["pooler"] = family.head_keys.get("pooler") in state
-  word_key = family.weight_names(from_dict(ModelConfig, fields))["encoder.embeddings.word.embedding"].hf
-  if family.decoder_key in state and fields["tie_word_embeddings"]:
-    if word_key in state and np.array_equal(state[family.decoder_key], state[word_key]):
-      del state[family.decoder_key]  # a saved copy of the tied weight
+  fields["pooler"] = adapter.head_keys.get("pooler") in state
+  word_key = adapter.weight_names(from_dict(ModelConfig, fields))["encoder.embeddings.word.embedding"].hf
+  if adapter.decoder_key in state and fields["tie_word_embeddings"]:
+    if word_key in state and np.array_equal(state[adapter.decoder_key], state[word_key]):
+      del state[adapter.decoder_key]  # a saved copy of the tied weight
     else:
       fields["tie_word_embeddings"] = False
-  if family.decoder_bias_key in state:
+  if adapter.decoder_bias_key in state:
     # transformers' MLM forward adds decoder.bias; the head's own ``bias`` is tied to it, or
     # (untied checkpoints) a dead parameter. Keep the one the forward pass uses.
-    bias_key = family.weight_names(from_dict(ModelConfig, fields))["mlm.bias"].hf
-    state[bias_key] = state.pop(family.decoder_bias_key)
+    bias_key = adapter.weight_names(from_dict(ModelConfig, fields))["mlm.bias"].hf
+    state[bias_key] = state.pop(adapter.decoder_bias_key)
   try:
     cfg = from_dict(ModelConfig, fields)
   except ConfigError as e:
     raise HFImportError(f"{config_path}: {e}") from None
 
-  table = family.weight_names(cfg)
+  table = adapter.weight_names(cfg)
   shapes = flat_shapes(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
   params, missing, mismatched, used = {}, [], [], set()
   for ours, shape in shapes.items():
@@ -156,14 +158,14 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
   return cfg, params
 
 
-def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def save_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
   """Write ``model`` as a transformers folder (config.json + model.safetensors [+ tokenizer])."""
   from safetensors.numpy import save_file
 
   cfg = model.config
-  family = get_family(cfg.family)
-  table = family.weight_names(cfg)
-  architecture, keeps_pooler = family.architecture(cfg)
+  adapter = get_adapter(cfg.family)
+  table = adapter.weight_names(cfg)
+  architecture, keeps_pooler = adapter.architecture(cfg)
   prefixed = not architecture.endswith("Model")
   state, parts = {}, {}
   for ours, value in flat_params(model).items():
@@ -172,21 +174,21 @@ def export_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = 
     if ours.startswith("encoder.pooler.") and not keeps_pooler:
       continue
     entry = table[ours]
-    key = f"{family.hf_prefix}.{entry.hf}" if entry.body and prefixed else entry.hf
+    key = f"{adapter.hf_prefix}.{entry.hf}" if entry.body and prefixed else entry.hf
     array = entry.transform.to_hf(np.asarray(value, dtype=np.float32))
     if isinstance(entry.transform, Part):
       parts.setdefault(key, {})[entry.transform.index] = array
       continue
     state[key] = np.ascontiguousarray(array)
-    if ours == "mlm.bias" and not cfg.tie_word_embeddings and family.decoder_bias_key:
-      state[family.decoder_bias_key] = state[key]  # untied: transformers reads decoder.bias
+    if ours == "mlm.bias" and not cfg.tie_word_embeddings and adapter.decoder_bias_key:
+      state[adapter.decoder_bias_key] = state[key]  # untied: transformers reads decoder.bias
   for key, pieces in parts.items():  # fused HF weights (ModernBERT Wqkv, Wi)
     state[key] = np.ascontiguousarray(np.concatenate([pieces[i] for i in sorted(pieces)], axis=0))
   dst = Path(dst)
   dst.mkdir(parents=True, exist_ok=True)
   save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-  hf_config = dict(family.config_to_hf(cfg), **task_config_to_hf(cfg),
-                   model_type=family.hf_model_type,
+  hf_config = dict(adapter.config_to_hf(cfg), **task_config_to_hf(cfg),
+                   model_type=adapter.hf_model_type,
                    architectures=[architecture])
   (dst / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   if tokenizer_dir is not None:

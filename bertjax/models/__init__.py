@@ -1,11 +1,7 @@
-"""Families: each file composes the shared ``bertjax.nn`` blocks through config values and
-declares its Hugging Face weight names. ``Model`` is the one module tree for all of them."""
+"""The model: one encoder body plus the heads its config names, for every family. A family is
+a set of config values (``bertjax/config/families.py``); its Hugging Face names live in
+``bertjax/interop/``."""
 
-from bertjax.models import (albert, bert, distilbert, electra, eurobert, modernbert,  # noqa: F401
-                            roberta, spanbert)
-from bertjax.models.base import Model, ModelOutput, build_model
-from bertjax.models.registry import (Family, families, family_defaults, family_for_model_type,
-                                     get_family)
+from bertjax.models.model import Model, ModelOutput
 
-__all__ = ["Family", "Model", "ModelOutput", "build_model", "families", "family_defaults",
-           "family_for_model_type", "get_family"]
+__all__ = ["Model", "ModelOutput"]

@@ -17,8 +17,9 @@ def make_objective(cfg, teacher_graphdef=None):
   if cfg.objective == "distill":
     return DistillObjective(teacher_graphdef, cfg.distill)
   if cfg.objective == "electra":
-    if not cfg.model.generator_hidden_size or "rtd" not in cfg.model.heads:
-      raise ConfigError("objective=electra needs model.generator_hidden_size > 0 and the rtd head")
+    if not cfg.model.generator_width_fraction or "rtd" not in cfg.model.heads:
+      raise ConfigError("objective=electra needs model.generator_width_fraction > 0 and the rtd "
+                        "head")
     return ElectraObjective()
   if "mlm" not in cfg.model.heads:
     raise ConfigError(f"objective=mlm needs the mlm head (model.heads={list(cfg.model.heads)})")

@@ -14,15 +14,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bertjax.config import DistillConfig, ModelConfig, from_dict
+from bertjax.config import DistillConfig, ModelConfig, family_defaults, from_dict
 from bertjax.heads import gather_positions
 from bertjax.objectives.mlm import cross_entropy
 
 
 def student_config(teacher: ModelConfig, layers) -> ModelConfig:
   """A DistilBERT with the teacher's width and the chosen number of layers."""
-  from bertjax.models import family_defaults
-
   fields = dict(family_defaults("distilbert"), vocab_size=teacher.vocab_size,
                 hidden_size=teacher.hidden_size, num_heads=teacher.num_heads,
                 intermediate_size=teacher.intermediate_size, num_layers=len(layers),

@@ -19,8 +19,9 @@ class MlmObjective:
   name = "mlm"
 
   def totals(self, batch) -> dict[str, jax.Array]:
+    labelled = (batch["seq_relationship_label"] >= 0).sum().astype(jnp.float32)
     totals = {"mlm": jnp.maximum(batch["masked_weights"].sum(), 1.0),
-              "nsp": jnp.maximum((batch["nsp_label"] >= 0).sum().astype(jnp.float32), 1.0)}
+              "nsp": jnp.maximum(labelled, 1.0)}
     if "sbo_weights" in batch:
       totals["sbo"] = jnp.maximum(batch["sbo_weights"].sum(), 1.0)
     return totals
@@ -39,7 +40,7 @@ class MlmObjective:
     }
     loss = sums["mlm_loss"] / totals["mlm"]
     if out.seq_relationship_logits is not None:
-      label = batch["nsp_label"]
+      label = batch["seq_relationship_label"]
       valid = (label >= 0).astype(jnp.float32)
       nsp_ce = cross_entropy(out.seq_relationship_logits, jnp.maximum(label, 0))
       sums["nsp_loss"] = (nsp_ce * valid).sum()

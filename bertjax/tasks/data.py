@@ -10,9 +10,9 @@ import dataclasses
 
 import numpy as np
 
+from bertjax.config import FinetuneConfig
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
-from bertjax.tasks.config import FinetuneConfig
 from bertjax.tasks.features import sequence_features, token_features, word_predictions
 from bertjax.tasks.formats import check_labels, read_split
 from bertjax.tasks.qa import QaFeatures, postprocess, qa_features

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertjax.config import TaskDataConfig
 from bertjax.data.sources import read_jsonl
-from bertjax.tasks.config import TaskDataConfig
 
 
 class TaskDataError(ValueError):

@@ -1,16 +1,15 @@
 """The training engine shared by pretraining and fine-tuning.
 
 ``build_engine``: a sharded model + an objective + an optimizer -> the train state laid out on
-the mesh and the one jitted, donated step. ``run_steps``: the step loop -- metrics read one
-step late (the host never waits on the step it just dispatched), periodic evaluation through a
-callback, Orbax checkpoints with the data iterator, SIGTERM -> save and stop.
+the active mesh and the one jitted, donated step. ``run_steps``: the step loop inside a run
+(``train/run.py``) -- metrics read one step late (the host never waits on the step it just
+dispatched), periodic evaluation through a callback, Orbax checkpoints with the data iterator,
+``run.stop`` (SIGTERM) -> save and stop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -21,15 +20,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import sharding
-from bertjax.train.checkpoints import Checkpointer
-from bertjax.train.metrics import MetricWriter, Progress
+from bertjax.train.checkpointer import Checkpointer
+from bertjax.train.run import Run
 from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass
 class Engine:
   mesh: jax.sharding.Mesh
-  rules: Any
   graphdef: Any
   state: TrainState
   state_sh: TrainState  # shardings, same structure as ``state``
@@ -40,9 +38,7 @@ class Engine:
 
   def batch(self, local: dict) -> dict:
     """This process's rows -> one global batch on the mesh."""
-    from bertjax.data.pipeline import global_batch
-
-    return global_batch(local, self.batch_sh)
+    return sharding.global_batch(local, self.batch_sh)
 
   def restore(self, checkpointer: Checkpointer, step: int, data_iterator=None) -> None:
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -74,11 +70,12 @@ def opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
   return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
-def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation, *, mesh, rules,
-                 seed: int, example_batch: dict, grad_accum_steps: int = 1,
-                 lr_schedule=None, frozen=None) -> Engine:
+def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation, *, seed: int,
+                 example_batch: dict, grad_accum_steps: int = 1, lr_schedule=None,
+                 frozen=None) -> Engine:
   """``model`` is born sharded (``sharding.create_sharded``); ``frozen`` are parameters used
   but never trained (a distillation teacher). Call under ``sharding.use_mesh``."""
+  mesh, _ = sharding.layout()
   graphdef, params = nnx.split(model)
   param_sh = jax.tree.map(lambda x: x.sharding, params)
   abstract = jax.eval_shape(lambda p: init_state(graphdef, p, tx, seed), params)
@@ -90,15 +87,13 @@ def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation,
                         key=replicated, frozen=frozen_sh)
   state = jax.jit(lambda p, f: init_state(graphdef, p, tx, seed, f),
                   out_shardings=state_sh)(params, frozen)
-  batch_sh = {k: sharding.batch_sharding(mesh, rules, ndim=np.ndim(v))
-              for k, v in example_batch.items()}
+  batch_sh = {k: sharding.batch_sharding(mesh, ndim=np.ndim(v)) for k, v in example_batch.items()}
   train_step = jax.jit(make_train_step(graphdef, objective, tx, grad_accum_steps, lr_schedule),
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(graphdef, objective),
                       in_shardings=(state_sh.params, batch_sh, frozen_sh))
-  return Engine(mesh, rules, graphdef, state, state_sh, batch_sh, train_step, eval_step,
-                objective)
+  return Engine(mesh, graphdef, state, state_sh, batch_sh, train_step, eval_step, objective)
 
 
 def to_host(tree):
@@ -113,20 +108,16 @@ class LoopResult:
   train: dict  # the last logged training metrics
 
 
-def run_steps(engine: Engine, batches: Iterator[dict], *, start: int, steps: int,
-              checkpointer: Checkpointer, writer: MetricWriter, progress: Progress,
+def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, steps: int,
               log_every: int, eval_every: int = 0, evaluate: Callable[[int], bool] | None = None,
               data_iterator=None, tokens_per_step: int = 0, flops_per_step: float = 0.0,
-              peak_flops: float = 0.0, stop_event: threading.Event | None = None,
-              on_step: Callable[[int], None] | None = None) -> LoopResult:
+              peak_flops: float = 0.0, on_step: Callable[[int], None] | None = None) -> LoopResult:
   """Train from ``start`` to ``steps``. ``evaluate(step)`` runs every ``eval_every`` steps (not
   at the last step: the caller evaluates the final state) and returns True to stop early.
   ``data_iterator`` (a grain iterator) is saved with every checkpoint."""
   objective = engine.objective
-  preempted = stop_event or threading.Event()
-  previous = None
-  if threading.current_thread() is threading.main_thread():
-    previous = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+  checkpointer, writer, preempted = run.checkpointer, run.writer, run.stop
+  progress = run.show_progress(steps, start)
   pending = None  # (step, metrics on device) of the step before the current one
   window_start, window_steps, last = time.perf_counter(), 0, {}
   step, stopped_early = start, False
@@ -149,38 +140,34 @@ def run_steps(engine: Engine, batches: Iterator[dict], *, start: int, steps: int
     window_start, window_steps = time.perf_counter(), 1
     progress.update(done_step, f"loss {m['loss']:.3f} {m.get('tokens_per_second', 0):,.0f} tok/s")
 
-  try:
-    while step < steps and not preempted.is_set() and not stopped_early:
-      batch = engine.batch(next(batches))
-      engine.state, metrics = engine.train_step(engine.state, batch)
-      step += 1
-      window_steps += 1
-      if pending is not None:  # read last step's metrics: the device is already past them
-        done_step, done = pending
-        if done_step % log_every == 0 or done_step == start + 1:
-          log(done_step, done)
-      pending = (step, metrics)
-      if on_step is not None:
-        on_step(step)
-      if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
-        stopped_early = bool(evaluate(step))
-      if checkpointer.should_save(step):
-        checkpointer.save(step, engine.state, data_iterator)
-      progress.update(step)
-    if preempted.is_set() and step < steps:
-      if checkpointer.latest_step() != step:
-        checkpointer.save(step, engine.state, data_iterator, force=True)
-      checkpointer.wait()
-      progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
-      return LoopResult(step, True, False, last)
-    if pending is not None:  # the final step is still unread
-      m = objective.finalize(to_host(pending[1]))
-      writer.write(pending[0], m)
-      last = {**last, **m}
+  while step < steps and not preempted.is_set() and not stopped_early:
+    batch = engine.batch(next(batches))
+    engine.state, metrics = engine.train_step(engine.state, batch)
+    step += 1
+    window_steps += 1
+    if pending is not None:  # read last step's metrics: the device is already past them
+      done_step, done = pending
+      if done_step % log_every == 0 or done_step == start + 1:
+        log(done_step, done)
+    pending = (step, metrics)
+    if on_step is not None:
+      on_step(step)
+    if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
+      stopped_early = bool(evaluate(step))
+    if checkpointer.should_save(step):
+      checkpointer.save(step, engine.state, data_iterator)
+    progress.update(step)
+  if preempted.is_set() and step < steps:
     if checkpointer.latest_step() != step:
       checkpointer.save(step, engine.state, data_iterator, force=True)
     checkpointer.wait()
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
+    progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+    return LoopResult(step, True, False, last)
+  if pending is not None:  # the final step is still unread
+    m = objective.finalize(to_host(pending[1]))
+    writer.write(pending[0], m)
+    last = {**last, **m}
+  if checkpointer.latest_step() != step:
+    checkpointer.save(step, engine.state, data_iterator, force=True)
+  checkpointer.wait()
   return LoopResult(step, False, stopped_early, last)

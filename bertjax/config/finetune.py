@@ -1,4 +1,4 @@
-"""Fine-tuning configuration: ``bertjax finetune TASK_YAML [key=value ...]``.
+"""The fine-tuning schema: ``bertjax finetune TASK_YAML [key=value ...]``.
 
 A task YAML names the task type, the data files and fields, and the starting checkpoint (a
 bertjax model or run folder, or a Hugging Face transformers folder imported on the fly).
@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from bertjax.config import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig,
-                            check_microbatches, find_preset, from_dict, load_yaml, merge_into,
-                            parse_override, _validate_path)
+from bertjax.config.schema import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig,
+                                   check_microbatches)
 
 TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
 
@@ -118,12 +117,3 @@ class FinetuneConfig:
   def metric(self) -> str:
     return self.train.metric or MAIN_METRIC[self.task]
 
-
-def finetune_config(task_yaml: str, overrides: list[str] = ()) -> FinetuneConfig:
-  """A task preset name (configs/tasks/NAME.yaml) or YAML path, plus dotted overrides."""
-  data = load_yaml(find_preset(task_yaml, "tasks"))
-  for text in overrides:
-    path, value = parse_override(text)
-    _validate_path(FinetuneConfig, path)
-    merge_into(data, path, value)
-  return from_dict(FinetuneConfig, data)

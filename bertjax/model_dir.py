@@ -1,11 +1,13 @@
 """A bertjax model folder: ``config.yaml`` + ``params/`` (Orbax) + ``tokenizer/``.
 
-This is what ``import-hf`` writes and ``embed`` / ``fill-mask`` / ``export-hf`` read. Writes go
-to a temporary sibling that is renamed into place, so a failed write never leaves a half folder.
+This is what ``import-hf`` and training write and ``embed`` / ``fill-mask`` / ``export-hf`` /
+fine-tuning read (a run's checkpoints are ``train/checkpointer.py``'s). Writes go to a temporary
+sibling that is renamed into place, so a failed write never leaves a half folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -98,9 +100,10 @@ def read_model_config(path: str | Path) -> ModelConfig:
   return from_dict(ModelConfig, data["model"], prefix="model")
 
 
-def load_model_dir(path: str | Path, *, mesh=None, rules=None,
+def load_model_dir(path: str | Path, *, mesh=None,
                    overrides: dict | None = None) -> tuple[Model, Tokenizer | None]:
-  """Load a model folder; parameters land sharded on ``mesh`` when one is given.
+  """Load a model folder; parameters land sharded on ``mesh`` (or on the mesh of an enclosing
+  ``sharding.use_mesh``), else on the default device.
 
   ``overrides`` replaces config fields that do not change parameter shapes (dropout,
   attention_impl, dtype).
@@ -108,11 +111,10 @@ def load_model_dir(path: str | Path, *, mesh=None, rules=None,
   path = resolve_model_dir(path)
   cfg = read_model_config(path)
   if overrides:
-    import dataclasses
-
     cfg = dataclasses.replace(cfg, **overrides)
   make = lambda: Model(cfg, rngs=nnx.Rngs(0))
-  model = sharding.create_sharded(make, mesh, rules) if mesh is not None else make()
+  sharded = mesh is not None or sharding.active_mesh() is not None
+  model = sharding.create_sharded(make, mesh) if sharded else make()
   assign_flat_params(model, read_model_params(path))
   return model, read_tokenizer(path)
 

@@ -1,9 +1,9 @@
-"""ALBERT (Lan et al. 2019): factorized embeddings (E=128 -> H), all layers sharing one block
-group, tanh-GELU, no dropout in v2, MLM head projecting to E, sentence-order prediction."""
+"""ALBERT's Hugging Face names: grouped shared layers
+(``albert_layer_groups.G.albert_layers.K``), the embedding projection, ``predictions`` and the
+sentence-order ``sop_classifier``."""
 
-from bertjax.models.registry import (BERT_EMBEDDINGS, Family, bert_architecture,
-                                     bert_config_from_hf, bert_config_to_hf, bert_task_names,
-                                     register)
+from bertjax.interop import bert
+from bertjax.interop.adapter import HFAdapter
 from bertjax.interop.names import NameTable
 
 BLOCK = {
@@ -17,14 +17,14 @@ MLM_NAMES = {"transform": "predictions.dense", "norm": "predictions.LayerNorm",
 
 
 def config_from_hf(d):
-  return dict(bert_config_from_hf(d), embedding_size=d["embedding_size"],
+  return dict(bert.config_from_hf(d), embedding_size=d["embedding_size"],
               num_hidden_groups=d.get("num_hidden_groups", 1),
               inner_group_num=d.get("inner_group_num", 1),
               classifier_dropout=float(d.get("classifier_dropout_prob", 0.1)))
 
 
 def config_to_hf(cfg):
-  return dict(bert_config_to_hf(cfg), embedding_size=cfg.embed_size,
+  return dict(bert.config_to_hf(cfg), embedding_size=cfg.embed_size,
               num_hidden_groups=cfg.num_hidden_groups or cfg.num_layers,
               inner_group_num=cfg.inner_group_num,
               classifier_dropout_prob=(cfg.classifier_dropout if cfg.classifier_dropout is not None
@@ -33,7 +33,7 @@ def config_to_hf(cfg):
 
 def weight_names(cfg):
   t = NameTable()
-  t.embeddings(cfg, BERT_EMBEDDINGS)
+  t.embeddings(cfg, bert.EMBEDDINGS)
   if cfg.embed_size != cfg.hidden_size:
     t.linear("encoder.embedding_projection", "encoder.embedding_hidden_mapping_in")
   inner = cfg.inner_group_num if cfg.num_hidden_groups else 1
@@ -46,13 +46,13 @@ def weight_names(cfg):
     t.mlm_head(cfg, MLM_NAMES)
   if {"nsp", "sop"} & set(cfg.heads):
     t.linear("seq_relationship.dense", "sop_classifier.classifier", body=False)
-  bert_task_names(cfg, t)
+  bert.task_names(cfg, t)
   return t
 
 
 def architecture(cfg):
   if cfg.task_head:
-    return bert_architecture(cfg, "Albert")
+    return bert.task_model_architecture(cfg, "Albert")
   heads = set(cfg.heads)
   if "mlm" in heads and heads & {"sop", "nsp"}:
     return "AlbertForPreTraining", True
@@ -61,15 +61,10 @@ def architecture(cfg):
   return "AlbertModel", cfg.pooler
 
 
-DEFAULTS = dict(vocab_size=30000, embedding_size=128, hidden_act="gelu_tanh", norm_eps=1e-12,
-                hidden_dropout=0.0, attention_dropout=0.0, num_hidden_groups=1, inner_group_num=1,
-                type_vocab_size=2, pad_token_id=0, pooler=True, heads=("mlm", "sop"),
-                classifier_dropout=0.1)  # classifier_dropout_prob: ALBERT v2 has no other dropout
-
-FAMILY = register(Family(
-    name="albert", defaults=DEFAULTS, hf_model_type="albert", hf_prefix="albert",
+ADAPTER = HFAdapter(
+    family="albert", hf_model_type="albert", hf_prefix="albert",
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
     architecture=architecture,
     head_keys={"mlm": "predictions.bias", "sop": "sop_classifier.classifier.weight",
                "pooler": "pooler.weight"},
-    decoder_key="predictions.decoder.weight", decoder_bias_key="predictions.decoder.bias"))
+    decoder_key="predictions.decoder.weight", decoder_bias_key="predictions.decoder.bias")

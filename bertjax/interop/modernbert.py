@@ -1,11 +1,10 @@
-"""ModernBERT (Warner et al. 2024): pre-norm, bias-free LayerNorms and linears (the decoder
-bias is the only bias), GeGLU with Wi = [input; gate], RoPE with theta 160k on global and 10k
-on local layers, global attention every 3rd layer from layer 0 and a +-64 window elsewhere, an
-embedding LayerNorm and none before layer 0's attention, a final norm, a tied MLM decoder."""
+"""ModernBERT's Hugging Face names and config.json: fused ``Wqkv`` and ``Wi = [input; gate]``
+weights, ``layer_types`` / ``global_attn_every_n_layers``, per-attention-type RoPE theta, and
+its one ``head`` (dense -> act -> norm) in front of the decoder and every task classifier."""
 
 from bertjax.config import ConfigError
+from bertjax.interop.adapter import HFAdapter, act_from_hf, act_to_hf, task_architecture
 from bertjax.interop.names import NameTable
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
 
 
 def _global_every(layer_types: list[str]) -> int:
@@ -109,17 +108,8 @@ def architecture(cfg):
   return ("ModernBertForMaskedLM", False) if "mlm" in cfg.heads else ("ModernBertModel", False)
 
 
-DEFAULTS = dict(
-    vocab_size=50368, hidden_act="gelu", head_act="gelu", mlp_type="glu", position_embedding="rope",
-    type_vocab_size=0, pad_token_id=50283, norm_eps=1e-5, norm_bias=False, norm_position="pre",
-    use_bias=False, hidden_dropout=0.0, attention_dropout=0.0, pooler=False, heads=("mlm",),
-    rope_theta=160000.0, local_rope_theta=10000.0, local_window=64, global_every=3,
-    first_layer_attention_norm=False, max_position_embeddings=8192, classifier_pooling="cls",
-    classifier_transform="all", classifier_act="gelu", classifier_norm=True,
-    classifier_bias=False, classifier_dropout=0.0)
-
-FAMILY = register(Family(
-    name="modernbert", defaults=DEFAULTS, hf_model_type="modernbert", hf_prefix="model",
+ADAPTER = HFAdapter(
+    family="modernbert", hf_model_type="modernbert", hf_prefix="model",
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
     architecture=architecture, head_keys={"mlm": "head.dense.weight"},
-    decoder_key="decoder.weight"))
+    decoder_key="decoder.weight")

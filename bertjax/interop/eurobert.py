@@ -1,10 +1,10 @@
-"""EuroBERT (Boizard et al. 2025): a bidirectional Llama -- pre-RMSNorm (eps 1e-5), SwiGLU,
-bias-free linears, RoPE (theta 250k released, 10k during 2k-context pretraining), grouped-query
-attention, no embedding norm, a final norm and an untied, transform-free LM head."""
+"""EuroBERT's Hugging Face names (Llama layout: ``q_proj``/``k_proj``/..., ``gate_proj`` /
+``up_proj`` / ``down_proj``, ``input_layernorm``) and config.json (``rope_parameters``,
+``num_key_value_heads``, ``classifier_pooling`` bos/mean/late)."""
 
 from bertjax.config import ConfigError
+from bertjax.interop.adapter import HFAdapter, act_from_hf, act_to_hf, task_architecture
 from bertjax.interop.names import NameTable, Same
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
 
 _POOLING_FROM_HF = {"bos": "cls", "mean": "mean", "late": "late"}
 _POOLING_TO_HF = {v: k for k, v in _POOLING_FROM_HF.items()}
@@ -87,16 +87,7 @@ def architecture(cfg):
   return ("EuroBertForMaskedLM", False) if "mlm" in cfg.heads else ("EuroBertModel", False)
 
 
-DEFAULTS = dict(
-    vocab_size=128256, hidden_act="silu", mlp_type="glu", position_embedding="rope",
-    type_vocab_size=0, pad_token_id=128001, norm_type="rmsnorm", norm_eps=1e-5, norm_bias=False,
-    norm_position="pre", embedding_norm=False, use_bias=False, hidden_dropout=0.0,
-    attention_dropout=0.0, pooler=False, heads=("mlm",), mlm_transform=False,
-    tie_word_embeddings=False, decoder_bias=False, rope_theta=250000.0,
-    max_position_embeddings=8192, classifier_pooling="late", classifier_transform="sequence",
-    classifier_act="gelu", classifier_dropout=0.0)
-
-FAMILY = register(Family(
-    name="eurobert", defaults=DEFAULTS, hf_model_type="eurobert", hf_prefix="model",
+ADAPTER = HFAdapter(
+    family="eurobert", hf_model_type="eurobert", hf_prefix="model",
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
-    architecture=architecture, head_keys={"mlm": "lm_head.weight"}))
+    architecture=architecture, head_keys={"mlm": "lm_head.weight"})

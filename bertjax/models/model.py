@@ -1,7 +1,7 @@
-"""``Model``: one encoder body plus the pretraining heads its config names.
+"""``Model``: one encoder body plus the pretraining and task heads its config names.
 
-Families differ only in config values (``<family>.py`` defaults) and in weight names for
-Hugging Face interop; the module tree is the same for all of them.
+Families differ only in config values (``config/families.py``) and in weight names for
+Hugging Face interop (``interop/<family>.py``); the module tree is the same for all of them.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Model(nnx.Module):
     self.rtd = ReplacedTokenHead(cfg, rngs=rngs) if "rtd" in cfg.heads else None
     self.sbo = SpanBoundaryHead(cfg, rngs=rngs) if "sbo" in cfg.heads else None
     self.task = TaskHead(cfg, cfg.task_head, rngs=rngs) if cfg.task_head else None
-    if cfg.generator_hidden_size:
+    if cfg.generator_width_fraction:
       gen = cfg.generator()
       self.generator = Encoder(gen, rngs=rngs, embeddings=self.encoder.embeddings)
       self.generator_mlm = MlmHead(gen, rngs=rngs)
@@ -70,11 +70,8 @@ class Model(nnx.Module):
                        dropout_key=None) -> jax.Array:
     """ELECTRA generator MLM logits (its body shares this model's embeddings)."""
     if self.generator is None:
-      raise ValueError("this model has no generator (set model.generator_hidden_size > 0)")
+      raise ValueError("this model has no generator (set model.generator_width_fraction > 0)")
     out = self.generator(input_ids, token_type_ids=token_type_ids, padding_mask=padding_mask,
                          segment_ids=segment_ids, positions=positions, dropout_key=dropout_key)
     return self.generator_mlm(out.last_hidden_state, self.encoder.embeddings.word, masked_positions)
 
-
-def build_model(cfg: ModelConfig, seed: int = 0) -> Model:
-  return Model(cfg, rngs=nnx.Rngs(seed))

@@ -1,7 +1,8 @@
 """``pretrain(cfg)``: data -> sharded model -> jitted step loop -> eval, metrics, checkpoints.
 
-Pretraining data and objectives on the shared engine (train/engine.py), which fine-tuning
-uses as well: one jitted step, metrics read one step late, Orbax checkpoints, SIGTERM saves.
+Pretraining data and objectives on the run scaffold (train/run.py) and the shared engine
+(train/engine.py), which fine-tuning uses as well: one jitted step, metrics read one step late,
+Orbax checkpoints, SIGTERM saves.
 """
 
 from __future__ import annotations
@@ -11,34 +12,21 @@ import threading
 from pathlib import Path
 
 import jax
-import yaml
 from flax import nnx
 
 from bertjax import sharding
-from bertjax.checkpoint import load_model_dir, save_model_dir
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
-from bertjax.data.pipeline import load_corpus, make_dataset, masking_spec
+from bertjax.data.corpus import load_corpus
+from bertjax.data.pipeline import make_dataset, masking_spec
+from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives import make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
 from bertjax.params import assign_flat_params, flat_params
-from bertjax.train.checkpoints import Checkpointer
-from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
-from bertjax.train.metrics import MetricWriter, Progress
-from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.engine import build_engine, run_steps, to_host
-
-
-def _check_run_dir(run_dir: Path, cfg: ExperimentConfig) -> None:
-  """A run folder holds one model: resuming with another architecture is refused up front."""
-  saved = run_dir / "config.yaml"
-  if saved.exists():
-    old = (yaml.safe_load(saved.read_text()) or {}).get("model", {})
-    new = to_dict(cfg.model)
-    diff = sorted(k for k in new if old.get(k) != new[k])
-    if diff:
-      raise ConfigError(f"{run_dir} holds a run with a different model config "
-                        f"({', '.join(f'model.{k}' for k in diff[:4])}); choose another run_dir")
+from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
+from bertjax.train.optim import make_optimizer, schedule
+from bertjax.train.run import check_process_split, claim_run_dir, open_run
 
 
 def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
@@ -63,18 +51,9 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     cfg = _distillation_config(cfg)
   corpus = load_corpus(cfg.data)
   cfg = _resolve_model(cfg, corpus.tokenizer)
-  _check_run_dir(run_dir, cfg)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  rules = cfg.mesh.rules
-  processes = jax.process_count()
-  if cfg.train.batch_size % processes:
-    raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by the "
-                      f"{processes} processes")
-  local_bs = cfg.train.batch_size // processes
+  claim_run_dir(run_dir, to_dict(cfg), same=("model",), what="model config")
+  check_process_split(("train.batch_size", cfg.train.batch_size))
+  local_bs = cfg.train.batch_size // jax.process_count()
   spec = masking_spec(cfg.data, corpus.tokenizer)
   pad = corpus.tokenizer.pad_id
   sbo = dict(sbo_max_targets=cfg.model.sbo_max_targets)
@@ -87,30 +66,27 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   tx = make_optimizer(cfg.optim, cfg.train.steps)
   lr = schedule(cfg.optim, cfg.train.steps)
 
-  with sharding.use_mesh(mesh, rules):
-    model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)),
-                                    mesh, rules)
+  with open_run(run_dir, cfg.mesh, cfg.checkpoint, devices=devices, quiet=quiet,
+                stop_event=stop_event) as run:
+    model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))
     teacher_graphdef = frozen = None
     if cfg.objective == "distill":  # the teacher: frozen, sharded like the student
-      teacher, _ = load_model_dir(cfg.distill.teacher, mesh=mesh, rules=rules)
+      teacher, _ = load_model_dir(cfg.distill.teacher)
       assign_flat_params(model, student_from_teacher(
           flat_params(teacher), cfg.distill.layers, flat_params(model).keys()))
       teacher_graphdef, frozen = nnx.split(teacher)
     objective = make_objective(cfg, teacher_graphdef)
-    engine = build_engine(model, objective, tx, mesh=mesh, rules=rules, seed=cfg.train.seed,
-                          example_batch=eval_local[0],
+    engine = build_engine(model, objective, tx, seed=cfg.train.seed, example_batch=eval_local[0],
                           grad_accum_steps=cfg.train.grad_accum_steps, lr_schedule=lr,
                           frozen=frozen)
     del model
 
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
     start = 0
-    latest = checkpointer.latest_step()
+    latest = run.checkpointer.latest_step()
     if latest is None and cfg.train.init_from:
-      engine.state = engine.state.replace(
-          params=_initial_params(cfg, engine.state.params, mesh, rules))
+      engine.state = engine.state.replace(params=_initial_params(cfg, engine.state.params))
     if latest is not None:
-      engine.restore(checkpointer, latest, train_iter)
+      engine.restore(run.checkpointer, latest, train_iter)
       start = latest
 
     eval_batches = [engine.batch(b) for b in eval_local]
@@ -127,38 +103,28 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
         cfg.model, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq)
     peak = (cfg.train.peak_flops_per_device or peak_flops_per_device()) * jax.device_count()
 
-    writer = MetricWriter(run_dir)
-    progress = Progress(cfg.train.steps, start, enabled=(jax.process_index() == 0 and not quiet))
-    try:
-      result = run_steps(
-          engine, train_iter, start=start, steps=cfg.train.steps, checkpointer=checkpointer,
-          writer=writer, progress=progress, log_every=cfg.train.log_every,
-          eval_every=cfg.train.eval_every,
-          evaluate=lambda step: writer.write(step, evaluate(), prefix="eval"),
-          data_iterator=train_iter, tokens_per_step=tokens_per_step,
-          flops_per_step=flops_per_step, peak_flops=peak, stop_event=stop_event, on_step=on_step)
-      if result.preempted:
-        return {"preempted": True, "step": result.step,
-                "checkpoint": str(checkpointer.directory)}
-      final_eval = evaluate()
-      writer.write(result.step, final_eval, prefix="eval")
-      baseline = _unigram_baseline(eval_local, corpus.unigram_token)
-      model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
-                                corpus.tokenizer)
-    finally:
-      progress.close()
-      writer.close()
-      checkpointer.close()
+    result = run_steps(
+        engine, train_iter, run, start=start, steps=cfg.train.steps,
+        log_every=cfg.train.log_every, eval_every=cfg.train.eval_every,
+        evaluate=lambda step: run.writer.write(step, evaluate(), prefix="eval"),
+        data_iterator=train_iter, tokens_per_step=tokens_per_step,
+        flops_per_step=flops_per_step, peak_flops=peak, on_step=on_step)
+    checkpoints = str(run.checkpointer.directory)
+    if result.preempted:
+      return {"preempted": True, "step": result.step, "checkpoint": checkpoints}
+    final_eval = evaluate()
+    run.writer.write(result.step, final_eval, prefix="eval")
+    baseline = _unigram_baseline(eval_local, corpus.unigram_token)
+    model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
+                              corpus.tokenizer)
 
   return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
-          "unigram_baseline_accuracy": baseline, "checkpoint": str(checkpointer.directory),
+          "unigram_baseline_accuracy": baseline, "checkpoint": checkpoints,
           "model": str(model_dir), "run_dir": str(run_dir)}
 
 
 def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
   """The student is a DistilBERT of the teacher's width; the teacher's tokenizer is the data's."""
-  from bertjax.checkpoint import read_model_config, resolve_model_dir
-
   if not cfg.distill.teacher:
     raise ConfigError("objective=distill needs distill.teacher (a model folder with an MLM head)")
   teacher = read_model_config(cfg.distill.teacher)
@@ -172,16 +138,14 @@ def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
                              data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer)))
 
 
-def _initial_params(cfg: ExperimentConfig, params, mesh, rules):
+def _initial_params(cfg: ExperimentConfig, params):
   """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh. The
   architecture must have the same parameter shapes; RoPE theta, lengths, dropout may differ."""
-  from bertjax.checkpoint import read_model_config
-
   source = read_model_config(cfg.train.init_from)
   if source.family != cfg.model.family:
     raise ConfigError(f"train.init_from={cfg.train.init_from} holds a {source.family} model, "
                       f"this run trains {cfg.model.family}")
-  loaded, _ = load_model_dir(cfg.train.init_from, mesh=mesh, rules=rules)
+  loaded, _ = load_model_dir(cfg.train.init_from)
   new = nnx.state(loaded)
   shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
   if shapes(new) != shapes(params):

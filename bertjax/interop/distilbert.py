@@ -1,9 +1,10 @@
-"""DistilBERT (Sanh et al. 2019): six BERT layers, no token types, no pooler, LN eps 1e-12; a
-student initialised from teacher layers [0, 2, 4, 7, 9, 11]."""
+"""DistilBERT's Hugging Face names (``transformer.layer.N``, ``q_lin``/``k_lin``/...,
+``vocab_transform``/``vocab_projector``, ``pre_classifier``) and its config.json vocabulary
+(``dim``, ``n_layers``, ``hidden_dim``, ...)."""
 
 from bertjax.config import ConfigError
+from bertjax.interop.adapter import HFAdapter, act_from_hf, act_to_hf, task_architecture
 from bertjax.interop.names import NameTable
-from bertjax.models.registry import Family, act_from_hf, act_to_hf, register, task_architecture
 
 EMBEDDINGS = {"word": "embeddings.word_embeddings", "position": "embeddings.position_embeddings",
               "norm": "embeddings.LayerNorm"}
@@ -67,13 +68,8 @@ def architecture(cfg):
   return ("DistilBertForMaskedLM", False) if "mlm" in cfg.heads else ("DistilBertModel", False)
 
 
-DEFAULTS = dict(vocab_size=30522, num_layers=6, hidden_act="gelu", norm_eps=1e-12,
-                type_vocab_size=0, pad_token_id=0, pooler=False, heads=("mlm",),
-                classifier_pooling="cls", classifier_transform="sequence", classifier_act="relu",
-                classifier_dropout=0.2)  # seq_classif_dropout
-
-FAMILY = register(Family(
-    name="distilbert", defaults=DEFAULTS, hf_model_type="distilbert", hf_prefix="distilbert",
+ADAPTER = HFAdapter(
+    family="distilbert", hf_model_type="distilbert", hf_prefix="distilbert",
     config_from_hf=config_from_hf, config_to_hf=config_to_hf, weight_names=weight_names,
     architecture=architecture, head_keys={"mlm": "vocab_projector.bias"},
-    decoder_key="vocab_projector.weight"))
+    decoder_key="vocab_projector.weight")

@@ -1,19 +1,13 @@
-"""Typed, frozen configuration: dataclasses <- YAML presets <- dotted ``key=value`` overrides.
+"""The schema: typed, frozen dataclasses for a model and a pretraining experiment.
 
-Resolution order for a model: dataclass defaults < family defaults < preset YAML < CLI overrides.
-Every error a user can hit is a one-line ``ConfigError`` naming the field.
+Values are checked in ``__post_init__``; every error a user can hit is a one-line
+``ConfigError`` naming the field. Loading (YAML, presets, overrides) is ``loader.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
-from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -66,9 +60,10 @@ class ModelConfig:
   sbo_position_size: int = 200
   tie_word_embeddings: bool = True
   initializer_range: float = 0.02
-  # ELECTRA joint generator (0 = none): width and depth as fractions of the discriminator.
-  generator_hidden_size: float = 0.0
-  generator_layers: float = 1.0
+  # ELECTRA joint generator (0 = none): width and depth as fractions of the discriminator's
+  # (the original's generator_hidden_size / generator_layers).
+  generator_width_fraction: float = 0.0
+  generator_depth_fraction: float = 1.0
   # Rotary positions (position_embedding=rope): theta, and a separate theta for local layers.
   rope_theta: float = 10000.0
   local_rope_theta: float | None = None
@@ -150,8 +145,9 @@ class ModelConfig:
       raise ConfigError(f"model.local_window must be >= 1, got {self.local_window}")
     if self.global_every < 1:
       raise ConfigError(f"model.global_every must be >= 1, got {self.global_every}")
-    if not 0.0 <= self.generator_hidden_size <= 1.0:
-      raise ConfigError(f"model.generator_hidden_size must be in [0, 1], got {self.generator_hidden_size}")
+    if not 0.0 <= self.generator_width_fraction <= 1.0:
+      raise ConfigError(f"model.generator_width_fraction must be in [0, 1], got "
+                        f"{self.generator_width_fraction}")
 
   @property
   def task_head(self) -> str | None:
@@ -201,11 +197,11 @@ class ModelConfig:
 
   def generator(self) -> "ModelConfig":
     """The ELECTRA generator body: fractions of width/depth, heads = width // 64 (electra:run_pretraining.py)."""
-    hidden = max(1, round(self.hidden_size * self.generator_hidden_size))
+    hidden = max(1, round(self.hidden_size * self.generator_width_fraction))
     return dataclasses.replace(
         self, hidden_size=hidden, num_heads=max(1, hidden // 64), num_kv_heads=None, head_dim=None,
-        intermediate_size=4 * hidden, num_layers=max(1, round(self.num_layers * self.generator_layers)),
-        heads=("mlm",), head_act="gelu", pooler=False, generator_hidden_size=0.0)
+        intermediate_size=4 * hidden, num_layers=max(1, round(self.num_layers * self.generator_depth_fraction)),
+        heads=("mlm",), head_act="gelu", pooler=False, generator_width_fraction=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,235 +369,3 @@ class ExperimentConfig:
   checkpoint: CheckpointConfig = CheckpointConfig()
   mesh: MeshConfig = MeshConfig()
   distill: DistillConfig = DistillConfig()
-
-
-# ---------------------------------------------------------------------------------------------
-# Generic loading: dict -> dataclass with type checks, dotted overrides, YAML presets.
-
-
-def _check_value(tp: Any, value: Any, field: str) -> Any:
-  origin = typing.get_origin(tp)
-  args = typing.get_args(tp)
-  if tp is Any:
-    return value
-  if origin in (typing.Union, types.UnionType):
-    for arg in args:
-      try:
-        return _check_value(arg, value, field)
-      except ConfigError:
-        pass
-    raise ConfigError(f"{field}: {value!r} does not match {_type_name(tp)}")
-  if tp is type(None):
-    if value is None:
-      return None
-    raise ConfigError(f"{field}: expected null, got {value!r}")
-  if origin is Literal:
-    if value in args:
-      return value
-    raise ConfigError(f"{field}: {value!r} is not one of {list(args)}")
-  if origin is tuple:
-    if not isinstance(value, (list, tuple)):
-      raise ConfigError(f"{field}: expected a list, got {value!r}")
-    if len(args) == 2 and args[1] is Ellipsis:
-      return tuple(_check_value(args[0], v, f"{field}[{i}]") for i, v in enumerate(value))
-    if len(args) != len(value):
-      raise ConfigError(f"{field}: expected {len(args)} items, got {len(value)}")
-    return tuple(_check_value(a, v, f"{field}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-  if dataclasses.is_dataclass(tp):
-    if isinstance(value, tp):
-      return value
-    if not isinstance(value, dict):
-      raise ConfigError(f"{field}: expected a mapping, got {value!r}")
-    return from_dict(tp, value, prefix=field)
-  if tp is bool:
-    if isinstance(value, bool):
-      return value
-    raise ConfigError(f"{field}: expected true/false, got {value!r}")
-  if tp is int:
-    if isinstance(value, int) and not isinstance(value, bool):
-      return value
-    raise ConfigError(f"{field}: expected an integer, got {value!r}")
-  if tp is float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-      return float(value)
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-      try:
-        return float(value)
-      except ValueError:
-        pass
-    raise ConfigError(f"{field}: expected a number, got {value!r}")
-  if tp is str:
-    if isinstance(value, str):
-      return value
-    raise ConfigError(f"{field}: expected a string, got {value!r}")
-  return value
-
-
-def _type_name(tp: Any) -> str:
-  return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _unknown_key(cls, key: str, prefix: str) -> ConfigError:
-  names = [f.name for f in dataclasses.fields(cls)]
-  close = difflib.get_close_matches(key, names, n=1)
-  hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-  return ConfigError(f"unknown config key {prefix}{key}{hint}")
-
-
-def from_dict(cls, data: dict, prefix: str = ""):
-  """Build dataclass ``cls`` from a (nested) dict, checking every key and type."""
-  hints = typing.get_type_hints(cls)
-  fields = {f.name for f in dataclasses.fields(cls)}
-  kwargs = {}
-  dotted = f"{prefix}." if prefix else ""
-  defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-  for key, value in data.items():
-    if key not in fields:
-      raise _unknown_key(cls, key, dotted)
-    if dataclasses.is_dataclass(defaults[key]) and isinstance(value, dict):
-      value = deep_merge(to_dict(defaults[key]), value)  # a section starts from its default
-    kwargs[key] = _check_value(hints[key], value, f"{dotted}{key}")
-  try:
-    return cls(**kwargs)
-  except TypeError as e:  # missing required fields
-    raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
-
-
-def to_dict(cfg) -> dict:
-  """Dataclass -> plain dict of YAML-safe values (tuples become lists)."""
-
-  def convert(v):
-    if dataclasses.is_dataclass(v):
-      return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
-    if isinstance(v, (tuple, list)):
-      return [convert(x) for x in v]
-    return v
-
-  return convert(cfg)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-  """``a.b.c=value`` -> (["a","b","c"], parsed YAML scalar/list)."""
-  if "=" not in text:
-    raise ConfigError(f"override {text!r} is not of the form key=value")
-  key, raw = text.split("=", 1)
-  if not key or any(not part for part in key.split(".")):
-    raise ConfigError(f"override {text!r} has an empty key")
-  try:
-    value = yaml.safe_load(raw) if raw != "" else ""
-  except yaml.YAMLError:
-    value = raw
-  return key.split("."), value
-
-
-def merge_into(base: dict, path: list[str], value: Any) -> None:
-  node = base
-  for part in path[:-1]:
-    node = node.setdefault(part, {})
-    if not isinstance(node, dict):
-      raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
-  node[path[-1]] = value
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-  out = dict(base)
-  for k, v in update.items():
-    if isinstance(v, dict) and isinstance(out.get(k), dict):
-      out[k] = deep_merge(out[k], v)
-    else:
-      out[k] = v
-  return out
-
-
-def apply_overrides(cfg, overrides: list[str]):
-  """Return a new ``cfg`` with dotted ``key=value`` overrides applied and re-validated."""
-  data = to_dict(cfg)
-  for text in overrides:
-    path, value = parse_override(text)
-    _validate_path(type(cfg), path)
-    merge_into(data, path, value)
-  return from_dict(type(cfg), data)
-
-
-def _validate_path(cls, path: list[str]) -> None:
-  for i, part in enumerate(path):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if part not in fields:
-      raise _unknown_key(cls, part, ".".join(path[:i]) + ("." if i else ""))
-    tp = hints[part]
-    if i < len(path) - 1:
-      if not dataclasses.is_dataclass(tp):
-        raise ConfigError(f"override {'.'.join(path)}: {part} is not a section")
-      cls = tp
-
-
-def load_yaml(path: str | Path) -> dict:
-  path = Path(path)
-  try:
-    data = yaml.safe_load(path.read_text()) or {}
-  except FileNotFoundError:
-    raise ConfigError(f"config file {path} does not exist") from None
-  except yaml.YAMLError as e:
-    raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
-  if not isinstance(data, dict):
-    raise ConfigError(f"{path}: expected a mapping at the top level")
-  return data
-
-
-def presets_dir() -> Path:
-  """The ``configs/`` folder: next to the package in a checkout, or installed as bertjax/presets."""
-  here = Path(__file__).resolve().parent
-  for candidate in (here.parent / "configs", here / "presets"):
-    if candidate.is_dir():
-      return candidate
-  raise ConfigError("cannot find the configs/ presets folder next to the bertjax package")
-
-
-def find_preset(name: str, kind: str) -> Path:
-  """Resolve a preset name (``bert-base``) or a YAML path to a file."""
-  p = Path(name)
-  if p.suffix in (".yaml", ".yml"):
-    if not p.exists():
-      raise ConfigError(f"config file {p} does not exist")
-    return p
-  candidate = presets_dir() / kind / f"{name}.yaml"
-  if candidate.exists():
-    return candidate
-  known = sorted(x.stem for x in (presets_dir() / kind).glob("*.yaml"))
-  close = difflib.get_close_matches(name, known, n=1)
-  hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
-  raise ConfigError(f"unknown {kind} preset {name!r}{hint}")
-
-
-def model_config(preset: str | dict | None = None, overrides: list[str] = ()) -> ModelConfig:
-  """Model config from a preset name/YAML path/dict plus ``key=value`` overrides (no ``model.`` prefix)."""
-  from bertjax.models import family_defaults  # local import: models imports this module
-
-  data = {} if preset is None else preset if isinstance(preset, dict) else load_yaml(
-      find_preset(preset, "model"))
-  data = dict(data)
-  for text in overrides:
-    path, value = parse_override(text)
-    _validate_path(ModelConfig, path)
-    merge_into(data, path, value)
-  family = data.get("family", "bert")
-  return from_dict(ModelConfig, {**family_defaults(family), **data})
-
-
-def experiment_config(preset: str | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-  """Experiment from a preset name (configs/experiments/NAME.yaml) or YAML path, plus dotted
-  overrides. A ``model:`` section may name a model preset with ``model.preset``."""
-  from bertjax.models import family_defaults
-
-  data = load_yaml(find_preset(preset or "bert-demo", "experiments"))
-  for text in overrides:
-    path, value = parse_override(text)
-    if path != ["model", "preset"]:
-      _validate_path(ExperimentConfig, path)
-    merge_into(data, path, value)
-  model = dict(data.get("model") or {})
-  base = load_yaml(find_preset(model.pop("preset"), "model")) if "preset" in model else {}
-  model = {**base, **model}
-  data["model"] = {**family_defaults(model.get("family", "bert")), **model}
-  return from_dict(ExperimentConfig, data)

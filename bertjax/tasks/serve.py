@@ -1,0 +1,127 @@
+"""Serving a fine-tuned model: ``Predictor`` (jitted task logits over padded global batches,
+used by dev evaluation during training too), ``evaluate_model`` and ``predict_model`` (the
+settings a model was fine-tuned with come from its run folder)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bertjax import sharding
+from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
+                            finetune_config, from_dict)
+from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
+from bertjax.tasks.data import MODEL_INPUTS, evaluate_logits, load_split
+
+
+class Predictor:
+  """Jitted ``params, inputs -> task logits`` over padded global batches (rows split over
+  processes like training batches); logits come back replicated, whole, on every host."""
+
+  def __init__(self, graphdef, batch_size: int, example: dict):
+    """Call under ``sharding.use_mesh``: batches and logits live on that mesh."""
+    mesh, _ = sharding.layout()
+    self.batch_size = batch_size
+    self.in_sh = {k: sharding.batch_sharding(mesh, ndim=example[k].ndim) for k in MODEL_INPUTS}
+
+    def logits(params, batch):
+      model = nnx.merge(graphdef, params)
+      return model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                   padding_mask=batch["padding_mask"]).task_logits
+
+    self.fn = jax.jit(logits, out_shardings=NamedSharding(mesh, P()))
+
+  def __call__(self, params, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    n, b = len(arrays["input_ids"]), self.batch_size
+    procs, pid = jax.process_count(), jax.process_index()
+    local = b // procs
+    out = []
+    for start in range(0, n, b):
+      rows = {k: arrays[k][start:start + b] for k in MODEL_INPUTS}
+      short = b - len(rows["input_ids"])
+      if short:  # pad the last batch with copies of row 0 (dropped below)
+        rows = {k: np.concatenate([v, np.repeat(v[:1], short, axis=0)]) for k, v in rows.items()}
+      mine = {k: v[pid * local:(pid + 1) * local] for k, v in rows.items()}
+      out.append(np.asarray(self.fn(params, sharding.global_batch(mine, self.in_sh)))[:b - short])
+    return np.concatenate(out).astype(np.float32)
+
+
+def _task_of(model_cfg: ModelConfig) -> str:
+  if model_cfg.task_head is None:
+    raise ConfigError("this model has no task head; fine-tune it first (bertjax finetune)")
+  if model_cfg.task_head == "classifier":
+    return {"single_label": "classification", "multi_label": "multi_label",
+            "regression": "regression"}[model_cfg.problem_type]
+  return {"token_classifier": "token_classification", "qa": "qa"}[model_cfg.task_head]
+
+
+def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
+           batch_size: int):
+  seeds = sorted(Path(model_path).glob("seed-*/model"))
+  if seeds and not (Path(model_path) / "model").exists():
+    raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
+                      f"{seeds[0].parent}")
+  model_cfg = read_model_config(model_path)
+  task = _task_of(model_cfg)
+  base = [f"init_from={model_path}", f"task={task}"]
+  if task_yaml:
+    cfg = finetune_config(task_yaml, base + list(overrides))
+  else:  # the settings it was fine-tuned with (fields, lengths, QA), when it comes from a run
+    saved = _run_config(model_path)
+    cfg = from_dict(FinetuneConfig, saved or {"init_from": model_path, "task": task})
+    cfg = apply_overrides(cfg, base + list(overrides))
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=data_file))
+  with sharding.use_mesh(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):
+    model, tokenizer = load_model_dir(model_path)
+    if tokenizer is None:
+      raise ConfigError(f"{model_path} has no tokenizer/ folder")
+    split = load_split("test", cfg, tokenizer, model_cfg.label_names)
+    graphdef, params = nnx.split(model)
+    predictor = Predictor(graphdef, batch_size, split.arrays)
+    logits = predictor(params, split.arrays)
+  threshold = None
+  best = resolve_model_dir(model_path).parent / "best.json"
+  if best.exists():  # SQuAD 2.0: the threshold tuned on dev during fine-tuning
+    threshold = json.loads(best.read_text()).get("metrics", {}).get("null_threshold")
+  return evaluate_logits(split, logits, cfg, model_cfg.label_names, threshold=threshold)
+
+
+def _run_config(model_path: str) -> dict | None:
+  """The fine-tuning config saved in the run folder that holds this model (seed sub-runs
+  included), or None."""
+  model_dir = resolve_model_dir(model_path)
+  for folder in (model_dir.parent, model_dir.parent.parent):
+    f = folder / "config.yaml"
+    if f.exists():
+      data = yaml.safe_load(f.read_text()) or {}
+      if isinstance(data, dict) and "task" in data and "model" not in data:
+        return data
+  return None
+
+
+def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,
+                   overrides: list[str] = (), batch_size: int = 64) -> dict:
+  metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size)
+  if not metrics:
+    raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")
+  return metrics
+
+
+def predict_model(model_path: str, data_file: str, output: str, task_yaml: str | None = None,
+                  overrides: list[str] = (), batch_size: int = 64) -> int:
+  """Write one JSON line per example to ``output``; returns the count."""
+  _, preds = _serve(model_path, data_file, task_yaml, overrides, batch_size)
+  out = Path(output)
+  tmp = out.with_name(f".{out.name}.partial")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for p in preds:
+      f.write(json.dumps(p, ensure_ascii=False) + "\n")
+  tmp.replace(out)  # never a half-written predictions file
+  return len(preds)

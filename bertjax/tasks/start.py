@@ -1,0 +1,82 @@
+"""The starting point of fine-tuning: a pretrained body (a bertjax model or run folder, or a
+transformers folder imported on the fly) and the config of the same body with the task's head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
+                            family_defaults, from_dict, to_dict)
+from bertjax.data.tokenizer import Tokenizer, TokenizerError
+from bertjax.interop.hf import load_hf
+from bertjax.model_dir import read_model_config, read_model_params, read_tokenizer
+from bertjax.models import Model
+from bertjax.params import flat_shapes
+
+TASK_HEAD = {"classification": "classifier", "multi_label": "classifier",
+             "regression": "classifier", "token_classification": "token_classifier", "qa": "qa"}
+PROBLEM = {"classification": "single_label", "multi_label": "multi_label",
+           "regression": "regression"}
+_HEAD_FIELDS = ("classifier_pooling", "classifier_transform", "classifier_act", "classifier_norm",
+                "classifier_bias", "classifier_dropout")
+
+
+def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, np.ndarray], Tokenizer | None]:
+  """A bertjax model/run folder, or a transformers folder (config.json) imported on the fly."""
+  p = Path(path)
+  if (p / "config.json").exists() and not (p / "config.yaml").exists():
+    cfg, params = load_hf(p)
+    try:
+      tokenizer = Tokenizer.from_dir(p)
+    except TokenizerError:
+      tokenizer = None
+    return cfg, params, tokenizer
+  if not p.exists():
+    raise ConfigError(f"init_from={path} does not exist")
+  return read_model_config(p), read_model_params(p), read_tokenizer(p)
+
+
+def task_model_config(source: ModelConfig, cfg: FinetuneConfig,
+                      labels: tuple[str, ...]) -> ModelConfig:
+  """The source body with the task's head. A source without this head gets the family's
+  head defaults (its config may predate them); ``model_overrides`` apply last."""
+  head = TASK_HEAD[cfg.task]
+  fields = to_dict(source)
+  if source.task_head != head:
+    defaults = {**to_dict(ModelConfig()), **family_defaults(source.family)}
+    fields.update({k: defaults[k] for k in _HEAD_FIELDS})
+  num_labels = 2 if cfg.task == "qa" else 1 if cfg.task == "regression" else len(labels)
+  fields.update(heads=[head], num_labels=num_labels, labels=list(labels),
+                problem_type=PROBLEM.get(cfg.task, "single_label"),
+                generator_width_fraction=0.0)
+  if head == "classifier" and fields["classifier_pooling"] == "pooler":
+    fields["pooler"] = True  # a body saved without its pooler gets a fresh one (as transformers)
+  model_cfg = from_dict(ModelConfig, fields, prefix="model")
+  model_cfg = apply_overrides(model_cfg, list(cfg.model_overrides))
+  need = cfg.data.max_seq_length + model_cfg.position_offset
+  if model_cfg.position_embedding == "absolute" and model_cfg.max_position_embeddings < need:
+    raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
+                      f"{model_cfg.max_position_embeddings - model_cfg.position_offset} positions")
+  return model_cfg
+
+
+def initial_params(model_cfg: ModelConfig, source: dict[str, np.ndarray],
+                   init_from: str) -> dict[str, np.ndarray]:
+  """The source parameters this model takes: the whole body (a pooler may be new) and the task
+  head when the source already has one of the same shape."""
+  shapes = flat_shapes(nnx.eval_shape(lambda: Model(model_cfg, rngs=nnx.Rngs(0))))
+  out, missing = {}, []
+  for name, shape in shapes.items():
+    value = source.get(name)
+    if value is not None and tuple(value.shape) == tuple(shape):
+      out[name] = value
+    elif name.startswith("encoder.") and not name.startswith("encoder.pooler."):
+      missing.append(name if value is None else f"{name} {tuple(value.shape)}!={tuple(shape)}")
+  if missing:
+    raise ConfigError(f"init_from={init_from} does not provide the body's parameters: "
+                      f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+  return out
