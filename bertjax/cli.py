@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import warnings
@@ -24,11 +25,12 @@ def _export_hf(args) -> None:
 
 
 def _load_for_inference(path: str):
+  from bertjax.config import ConfigError
   from bertjax.model_dir import load_model_dir
 
   model, tokenizer = load_model_dir(path)
   if tokenizer is None:
-    raise ValueError(f"{path} has no tokenizer/ folder; import it with its tokenizer files")
+    raise ConfigError(f"{path} has no tokenizer/ folder; import it with its tokenizer files")
   return model, tokenizer
 
 
@@ -76,7 +78,8 @@ def _pretrain(args) -> None:
 
     jax.distributed.initialize()
   preset, overrides = _preset_and_overrides(args.args)
-  result = pretrain(experiment_config(preset, overrides))
+  result = pretrain(experiment_config(preset, overrides),
+                    allow_config_change=args.allow_config_change)
   if result["preempted"]:
     print(json.dumps(result))
     return
@@ -101,7 +104,8 @@ def _finetune(args) -> None:
     import jax
 
     jax.distributed.initialize()
-  summary = finetune(finetune_config(args.task, args.overrides))
+  summary = finetune(finetune_config(args.task, args.overrides),
+                     allow_config_change=args.allow_config_change)
   print(json.dumps(summary, indent=1))
 
 
@@ -135,14 +139,33 @@ def _preset_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
   return None, items
 
 
+_ALLOW_HELP = ("resume a run whose saved config differs in more than steps, cadences, "
+               "checkpoint retention, logging or the mesh (the change is recorded)")
+
+
+def _positive(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
+class _Parser(argparse.ArgumentParser):
+  """Usage errors as one line too (``bertjax CMD: error: ...``, exit 2); --help has the rest."""
+
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="bertjax", description=__doc__)
+  p = _Parser(prog="bertjax", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
 
   s = sub.add_parser("pretrain", help="pretrain (or resume) from a preset/YAML + key=value overrides")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
   s.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first (multi-host TPU pods)")
+  s.add_argument("--allow-config-change", action="store_true", help=_ALLOW_HELP)
   s.set_defaults(func=_pretrain)
 
   s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")
@@ -150,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("overrides", nargs="*", metavar="key=value")
   s.add_argument("--distributed", action="store_true",
                  help="call jax.distributed.initialize() first (multi-host TPU pods)")
+  s.add_argument("--allow-config-change", action="store_true", help=_ALLOW_HELP)
   s.set_defaults(func=_finetune)
 
   for name, helptext in (("evaluate", "score a fine-tuned model on a labeled file"),
@@ -162,13 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default=None,
                    help="the task YAML it was trained with (fields, format, QA settings)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=_positive, default=64)
     s.set_defaults(func=_evaluate if name == "evaluate" else _predict)
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
   s.add_argument("--out", required=True)
-  s.add_argument("--shards", type=int, default=4)
+  s.add_argument("--shards", type=_positive, default=4)
   s.set_defaults(func=_prepare_data)
 
   s = sub.add_parser("import-hf", help="transformers folder -> bertjax model folder")
@@ -187,45 +211,67 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("text", nargs="+")
   s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
   s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
-  s.add_argument("--max-length", type=int, default=None)
+  s.add_argument("--max-length", type=_positive, default=None)
   s.add_argument("--output", help="write a .npy file instead of printing JSON")
   s.set_defaults(func=_embed)
 
   s = sub.add_parser("fill-mask", help="predict [MASK] tokens")
   s.add_argument("checkpoint")
   s.add_argument("text")
-  s.add_argument("--top-k", type=int, default=5)
+  s.add_argument("--top-k", type=_positive, default=5)
   s.set_defaults(func=_fill_mask)
 
   s = sub.add_parser("train-tokenizer", help="train a vocabulary from text files")
   s.add_argument("files", nargs="+")
   s.add_argument("--out", required=True)
   s.add_argument("--kind", choices=["wordpiece", "bpe", "sentencepiece"], default="wordpiece")
-  s.add_argument("--vocab-size", type=int, default=30522)
-  s.add_argument("--min-frequency", type=int, default=2)
+  s.add_argument("--vocab-size", type=_positive, default=30522)
+  s.add_argument("--min-frequency", type=_positive, default=2)
   s.add_argument("--cased", action="store_true")
   s.set_defaults(func=_train_tokenizer)
   return p
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  from bertjax.config import ConfigError
-  from bertjax.data.sources import DataError
-  from bertjax.data.tokenizer import TokenizerError
-  from bertjax.interop.hf import HFImportError
-  from bertjax.tasks.formats import TaskDataError
+  try:
+    args = build_parser().parse_args(argv)
+  except SystemExit as e:  # usage errors (one line, exit 2) and --help (exit 0)
+    return e.code if isinstance(e.code, int) else 2
+  from bertjax.errors import UserError
 
   with warnings.catch_warnings():  # the library's warnings as the CLI's own one-liners
     warnings.showwarning = lambda message, *_, **__: print(
         f"bertjax {args.command}: warning: {message}", file=sys.stderr)
     try:
       args.func(args)
-    except (ConfigError, DataError, HFImportError, TokenizerError, TaskDataError,
-            FileExistsError, FileNotFoundError, ValueError) as e:
-      print(f"bertjax {args.command}: error: {e}", file=sys.stderr)
-      return 2
+    except (UserError, FileExistsError, FileNotFoundError, IsADirectoryError,
+            NotADirectoryError, PermissionError) as e:
+      return _fail(args.command, e)
+    except Exception as e:  # a full disk surfaces through many layers; anything else is a bug
+      full = _disk_full(e)
+      if full is None:
+        raise
+      return _fail(args.command, f"no space left on device ({full}); free some space and "
+                                 "run the same command again")
   return 0
+
+
+def _fail(command: str, message) -> int:
+  print(f"bertjax {command}: error: {str(message).splitlines()[0]}", file=sys.stderr)
+  return 2
+
+
+def _disk_full(e: BaseException | None) -> str | None:
+  """The file (or message) of an ENOSPC/EDQUOT anywhere in ``e``'s chain, else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return str(e.filename or e.strerror)
+    if "No space left on device" in str(e):
+      return str(e).splitlines()[0]
+    e = e.__cause__ or e.__context__
+  return None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from bertjax.data.tokenizer import Encoding, Tokenizer
+from bertjax.errors import UserError
 from bertjax.models import Model
 
 
@@ -55,7 +56,7 @@ def embed(model: Model, tokenizer: Tokenizer, texts: Sequence[str], *,
   batch = pad_batch(encodings, tokenizer.pad_id)
   hidden_states = forward(model, batch).hidden_states
   if not -len(hidden_states) <= layer < len(hidden_states):
-    raise ValueError(f"--layer {layer} is out of range: the model has {len(hidden_states)} "
+    raise UserError(f"--layer {layer} is out of range: the model has {len(hidden_states)} "
                      "hidden states (0 = embeddings)")
   h = np.asarray(hidden_states[layer], np.float32)
   mask = batch["padding_mask"]
@@ -65,7 +66,7 @@ def embed(model: Model, tokenizer: Tokenizer, texts: Sequence[str], *,
     return (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
   if pooling == "none":
     return [h[i, :mask[i].sum()] for i in range(len(texts))]
-  raise ValueError(f"unknown pooling {pooling!r}; use cls, mean or none")
+  raise UserError(f"unknown pooling {pooling!r}; use cls, mean or none")
 
 
 def encode_with_masks(tokenizer: Tokenizer, text: str) -> Encoding:
@@ -87,12 +88,12 @@ def encode_with_masks(tokenizer: Tokenizer, text: str) -> Encoding:
 
 def fill_mask(model: Model, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[dict]:
   if model.mlm is None:
-    raise ValueError("this checkpoint has no MLM head; fill-mask needs one (e.g. a "
+    raise UserError("this checkpoint has no MLM head; fill-mask needs one (e.g. a "
                      "*ForMaskedLM or *ForPreTraining import)")
   enc = encode_with_masks(tokenizer, text)
   positions = [i for i, t in enumerate(enc.ids) if t == tokenizer.mask_id]
   if not positions:
-    raise ValueError(f"no {tokenizer.specials.mask} (or [MASK]) in the text")
+    raise UserError(f"no {tokenizer.specials.mask} (or [MASK]) in the text")
   batch = pad_batch([enc], tokenizer.pad_id)
   logits = np.asarray(forward(model, batch).mlm_logits[0], np.float32)
   results = []

@@ -121,12 +121,38 @@ def load_model_dir(path: str | Path, *, mesh=None,
 
 def read_model_params(path: str | Path) -> dict[str, np.ndarray]:
   """A model folder's parameters as flat host arrays ({"encoder.layers.0...": array})."""
-  path = (resolve_model_dir(path) / "params").absolute()
-  with ocp.StandardCheckpointer() as ckpt:
-    # numpy targets: restore to host memory, whatever devices (or processes) saved it
-    meta = ckpt.metadata(path).item_metadata
-    restored = ckpt.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
+  path = _params_dir(path)
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      # numpy targets: restore to host memory, whatever devices (or processes) saved it
+      meta = ckpt.metadata(path).item_metadata
+      restored = ckpt.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta))
+  except Exception as e:  # a damaged folder: whatever the Orbax/tensorstore reader raises
+    raise _unreadable(path, e) from None
   return {k: np.asarray(v) for k, v in _flatten(restored).items()}
+
+
+def read_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+  """A model folder's parameter shapes, from the Orbax metadata alone (nothing is loaded)."""
+  path = _params_dir(path)
+  try:
+    with ocp.StandardCheckpointer() as ckpt:
+      meta = ckpt.metadata(path).item_metadata
+  except Exception as e:
+    raise _unreadable(path, e) from None
+  return {k: tuple(v.shape) for k, v in _flatten(dict(meta)).items()}
+
+
+def _params_dir(path: str | Path) -> Path:
+  path = (resolve_model_dir(path) / "params").absolute()
+  if not path.is_dir():
+    raise ConfigError(f"{path.parent} is not a bertjax model folder (no params/)")
+  return path
+
+
+def _unreadable(path: Path, e: Exception) -> ConfigError:
+  return ConfigError(f"{path}: unreadable model parameters ({type(e).__name__}: "
+                     f"{(str(e).splitlines() or [''])[0][:160]})")
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer | None:

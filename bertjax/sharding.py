@@ -21,6 +21,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from bertjax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or tuple of axes, or None). Weights: FSDP shards the model width,
@@ -61,14 +63,15 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | Any = None,
   else:
     sizes = list(shape)
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh shape {sizes}: at most one axis may be -1")
+    raise UserError(f"mesh shape {sizes}: at most one of mesh.data/fsdp/tensor may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh shape {sizes} does not divide {len(devices)} devices")
+      raise UserError(f"mesh shape {sizes} does not divide the {len(devices)} devices; change "
+                      "mesh.data/fsdp/tensor")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+    raise UserError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                      f"have {len(devices)}")
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -155,7 +155,7 @@ def test_bad_override_does_not_touch_the_run_dir(corpus, tmp_path, capsys):
   pretrain(config(tmp_path / "r", corpus, "train.steps=2"), quiet=True)
   before = (tmp_path / "r" / "config.yaml").read_text()
   assert cli.main(["pretrain", *overrides(tmp_path / "r", corpus, "model.num_layers=3")]) == 2
-  assert "different model config (model.num_layers)" in capsys.readouterr().err
+  assert "different config (model.num_layers)" in capsys.readouterr().err
   assert (tmp_path / "r" / "config.yaml").read_text() == before
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Literal
 
 from bertjax.config.schema import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig,
-                                   check_microbatches)
+                                   check_cadences, check_microbatches)
 
 TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
 
@@ -81,6 +81,8 @@ class FinetuneTrainConfig:
   metric: str | None = None  # dev metric for the best checkpoint; None = the task's main metric
   early_stopping_patience: int | None = None  # evaluations without improvement; null = off
   log_every: int = 50
+  on_nonfinite: Literal["stop", "skip"] = "stop"  # as in pretraining (TrainConfig)
+  max_consecutive_skips: int = 10
 
   def __post_init__(self):
     if self.epochs <= 0 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -88,6 +90,11 @@ class FinetuneTrainConfig:
     if not self.seeds:
       raise ConfigError("train.seeds must name at least one seed")
     check_microbatches(self.batch_size, self.grad_accum_steps)
+    check_cadences(self)
+
+  @property
+  def max_skips(self) -> int:
+    return 0 if self.on_nonfinite == "stop" else self.max_consecutive_skips
 
 
 @dataclasses.dataclass(frozen=True)

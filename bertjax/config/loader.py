@@ -79,7 +79,8 @@ def finetune_config(source: str, overrides=()) -> FinetuneConfig:
 def _model_fields(data: Any, field: str, presets: bool) -> dict:
   """A model section with its family's values (and its ``preset``) underneath."""
   if not isinstance(data, dict):
-    raise ConfigError(f"{field}: expected a mapping of model fields, got {data!r}")
+    hint = f" (a preset is named as {field}: {{preset: {data}}})" if isinstance(data, str) else ""
+    raise ConfigError(f"{field}: expected a mapping of model fields, got {data!r}{hint}")
   data = dict(data)
   if presets and "preset" in data:
     name = data.pop("preset")
@@ -246,9 +247,13 @@ def _validate_path(cls, path: list[str]) -> None:
 def load_yaml(path: str | Path) -> dict:
   path = Path(path)
   try:
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
   except FileNotFoundError:
     raise ConfigError(f"config file {path} does not exist") from None
+  except IsADirectoryError:
+    raise ConfigError(f"config file {path} is a folder") from None
+  except UnicodeDecodeError as e:
+    raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
   except yaml.YAMLError as e:
     raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
   if not isinstance(data, dict):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from bertjax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
   """A bad config key or value; the message is one line and names the field."""
 
 
@@ -262,8 +264,8 @@ class DataConfig:
       raise ConfigError("data.mask_token_prob + data.random_token_prob must be <= 1")
     if self.max_predictions_per_seq < 1:
       raise ConfigError("data.max_predictions_per_seq must be >= 1")
-    if not 0.0 <= self.eval_fraction < 0.5:
-      raise ConfigError(f"data.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
+    if not 0.0 < self.eval_fraction < 0.5:  # pretraining always evaluates on held-out text
+      raise ConfigError(f"data.eval_fraction must be in (0, 0.5), got {self.eval_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,11 +321,30 @@ class TrainConfig:
   init_from: str | None = None
   # Peak FLOP/s per device for MFU; null = measure an f32 matmul on CPU / table on TPU.
   peak_flops_per_device: float | None = None
+  # A step whose loss or gradients are not finite never changes the parameters. stop: the run
+  # ends with an error naming the step (its checkpoints stay as they were); skip: training
+  # goes on, and stops once max_consecutive_skips steps in a row were not finite.
+  on_nonfinite: Literal["stop", "skip"] = "stop"
+  max_consecutive_skips: int = 10
 
   def __post_init__(self):
     if self.steps < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
       raise ConfigError("train.steps, train.batch_size and train.grad_accum_steps must be >= 1")
     check_microbatches(self.batch_size, self.grad_accum_steps)
+    check_cadences(self)
+
+  @property
+  def max_skips(self) -> int:
+    """Non-finite steps tolerated in a row before the run stops."""
+    return 0 if self.on_nonfinite == "stop" else self.max_consecutive_skips
+
+
+def check_cadences(train) -> None:
+  """Logging and evaluation cadences of a train section."""
+  for name in ("log_every", "eval_every", "max_consecutive_skips"):
+    value = getattr(train, name)
+    if value < (1 if name == "log_every" else 0):
+      raise ConfigError(f"train.{name} must be >= {1 if name == 'log_every' else 0}, got {value}")
 
 
 def check_microbatches(batch_size: int, grad_accum_steps: int) -> None:
@@ -341,6 +362,12 @@ class CheckpointConfig:
   keep: int = 3  # keep the newest N
   keep_every: int | None = None  # additionally keep every K-th step forever
   async_save: bool = True
+
+  def __post_init__(self):
+    if self.every < 0 or self.keep < 1 or (self.keep_every is not None and self.keep_every < 1):
+      raise ConfigError(f"checkpoint.every must be >= 0, checkpoint.keep >= 1 and "
+                        f"checkpoint.keep_every >= 1 or null; got {self.every}, {self.keep}, "
+                        f"{self.keep_every}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,8 @@ def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer):
   return out
 
 
-def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int) -> InstanceStore:
+def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int,
+                    part: str = "training") -> InstanceStore:
   sp = Specials(tokenizer.cls_id, tokenizer.sep_id, tokenizer.roberta_template)
   rng = np.random.default_rng([cfg.seed, seed])
   if cfg.instances in ("nsp", "sop"):
@@ -62,6 +63,9 @@ def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int) -> I
     instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length)
   else:
     instances = packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
+  if not instances:
+    raise sources.DataError(f"data.source {cfg.source}: the {part} text is too short for one "
+                            f"{cfg.instances} instance; add text")
   return InstanceStore.from_instances(instances)
 
 
@@ -93,8 +97,12 @@ def load_corpus(cfg: DataConfig) -> Corpus:
   if not docs:
     raise sources.DataError(f"data.source {cfg.source}: no text found")
   train_docs, eval_docs = sources.split_heldout(docs, cfg.eval_fraction, cfg.seed)
+  if not train_docs:
+    raise sources.DataError(f"data.source {cfg.source}: all of its text went to the held-out "
+                            f"split (data.eval_fraction={cfg.eval_fraction}); add text")
   train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
-  heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1)
+  heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1,
+                            part="held-out")
   return Corpus(train, heldout, tokenizer, most_frequent_token(train, tokenizer.vocab_size))
 
 

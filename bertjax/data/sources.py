@@ -15,11 +15,13 @@ from typing import Iterator
 
 import numpy as np
 
+from bertjax.errors import UserError
+
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 
 
-class DataError(ValueError):
-  pass
+class DataError(UserError):
+  """Unreadable or unusable pretraining text; names the file (and line)."""
 
 
 def corpus_files() -> list[Path]:
@@ -28,9 +30,18 @@ def corpus_files() -> list[Path]:
 
 
 def _open_text(path: Path) -> Iterator[str]:
+  """The lines of a UTF-8 text file (.xz compressed or not); a bad byte names file:line."""
   opener = lzma.open if path.suffix == ".xz" else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    yield from f
+  n = 0
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        yield line
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{n + 1}: not UTF-8 text ({e.reason}); convert the file to "
+                    "UTF-8") from None
+  except (lzma.LZMAError, EOFError) as e:
+    raise DataError(f"{path}: not a readable .xz file ({e})") from None
 
 
 def read_text_documents(paths: list[Path]) -> list[list[str]]:
@@ -52,17 +63,21 @@ def read_text_documents(paths: list[Path]) -> list[list[str]]:
 
 def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterator[tuple[int, dict]]:
   """(line number, object) per non-blank line; a bad line raises ``error`` naming file:line."""
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise error(f"{path}:{n}: expected a JSON object per line")
-      yield n, record
+  n = 0
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+          raise error(f"{path}:{n}: expected a JSON object per line")
+        yield n, record
+  except UnicodeDecodeError as e:
+    raise error(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
 
 
 def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
@@ -70,7 +85,10 @@ def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
   for n, record in read_jsonl(path):
     if field not in record:
       raise DataError(f"{path}:{n}: no field {field!r} (set data.text_field)")
-    paragraphs = [p.strip() for p in str(record[field]).split("\n") if p.strip()]
+    if not isinstance(record[field], str):
+      raise DataError(f"{path}:{n}: field {field!r} is {json.dumps(record[field])[:40]}, not a "
+                      "string")
+    paragraphs = [p.strip() for p in record[field].split("\n") if p.strip()]
     if paragraphs:
       docs.append(paragraphs)
   return docs

@@ -11,11 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from bertjax.errors import UserError
+
 SPM_NAMES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "spm.model")
 
 
-class TokenizerError(ValueError):
-  pass
+class TokenizerError(UserError):
+  """A tokenizer folder or file that cannot be read."""
 
 
 @dataclasses.dataclass

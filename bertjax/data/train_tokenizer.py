@@ -3,7 +3,10 @@ offline from text files; writes files that ``Tokenizer.from_dir`` and transforme
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -12,14 +15,57 @@ from bertjax.data.tokenizer import ALBERT_SPECIALS, BERT_SPECIALS, ROBERTA_SPECI
 Kind = Literal["wordpiece", "bpe", "sentencepiece"]
 
 
+MIN_VOCAB = 16  # the specials and some of the alphabet
+
+
 def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: Kind = "wordpiece",
                     vocab_size: int = 30522, lowercase: bool = True, min_frequency: int = 2) -> Path:
+  """Train on ``files`` (UTF-8 text) and write the vocabulary files into ``out_dir``. Files are
+  checked first and training writes into a temporary sibling: a failure leaves no folder."""
   files = [str(f) for f in files]
   for f in files:
-    if not Path(f).is_file():
-      raise TokenizerError(f"training file {f} does not exist")
+    _check_text_file(Path(f))
+  if vocab_size < MIN_VOCAB:
+    raise TokenizerError(f"--vocab-size {vocab_size} is too small (at least {MIN_VOCAB})")
+  if kind not in ("wordpiece", "bpe", "sentencepiece"):
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; use wordpiece, bpe or sentencepiece")
   out = Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  if out.exists() and not out.is_dir():
+    raise TokenizerError(f"--out {out} is a file, not a folder")
+  tmp = out.parent / f".{out.name}.partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  try:
+    _train(files, tmp, kind, vocab_size, lowercase, min_frequency)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+      os.replace(f, out / f.name)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+def _check_text_file(path: Path) -> None:
+  """A training file must be UTF-8 text; a bad byte names file:line."""
+  if not path.is_file():
+    raise TokenizerError(f"training file {path} does not exist")
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  line = 1
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      try:
+        text = decoder.decode(chunk)
+      except UnicodeDecodeError as e:
+        line += chunk[:e.start].count(b"\n")
+        raise TokenizerError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
+      if "\x00" in text:
+        line += text[:text.index("\x00")].count("\n")
+        raise TokenizerError(f"{path}:{line}: a NUL byte -- this is not a text file")
+      line += text.count("\n")
+
+
+def _train(files: list[str], out: Path, kind: Kind, vocab_size: int, lowercase: bool,
+           min_frequency: int) -> None:
   if kind == "wordpiece":
     from tokenizers import BertWordPieceTokenizer
 
@@ -54,9 +100,6 @@ def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: K
       raise TokenizerError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
     (out / "spiece.vocab").unlink(missing_ok=True)
     _write_config(out, "AlbertTokenizer", s, do_lower_case=False)
-  else:
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}; use wordpiece, bpe or sentencepiece")
-  return out
 
 
 def _write_config(out: Path, cls_name: str, s, **extra) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict
+from bertjax.errors import UserError
 from bertjax.interop.adapter import task_config_from_hf, task_config_to_hf
 from bertjax.interop.names import Part
 from bertjax.interop.registry import adapter_for_model_type, get_adapter
@@ -32,7 +33,7 @@ _IGNORED = re.compile(r"(^|[./])(position_ids|global_step|adam_[mv]|AdamWeightDe
                       r"[^.]*|bad_steps|good_steps|loss_scale)($|[./])")
 
 
-class HFImportError(ValueError):
+class HFImportError(UserError):
   """A checkpoint that does not match its config; the message lists the offending keys."""
 
 
@@ -46,8 +47,12 @@ def read_state_dict(src: Path) -> dict[str, np.ndarray]:
   single = src / "model.safetensors"
   index = src / "model.safetensors.index.json"
   if single.exists() or index.exists():
-    files = [single] if single.exists() else sorted(
-        {src / f for f in json.loads(index.read_text())["weight_map"].values()})
+    try:
+      files = [single] if single.exists() else sorted(
+          {src / f for f in json.loads(index.read_text())["weight_map"].values()})
+    except (ValueError, KeyError, TypeError, AttributeError):
+      raise HFImportError(f"{index}: not a safetensors index (a JSON object with a "
+                          "'weight_map')") from None
     out = {}
     for f in files:
       out.update(_read_safetensors(f))
@@ -59,7 +64,11 @@ def read_state_dict(src: Path) -> dict[str, np.ndarray]:
     except ImportError:
       raise HFImportError(f"{pt}: reading pytorch_model.bin needs torch "
                           "(pip install torch==2.13.0), or convert it to safetensors") from None
-    state = torch.load(pt, map_location="cpu", weights_only=True)
+    try:
+      state = torch.load(pt, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / not a state dict
+      raise HFImportError(f"{pt}: not a readable PyTorch state dict "
+                          f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   raise HFImportError(f"{src}: no model.safetensors, model.safetensors.index.json or "
                       "pytorch_model.bin")
@@ -69,10 +78,14 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   from safetensors import safe_open
 
   out = {}
-  with safe_open(str(path), framework="flax") as f:  # the flax reader handles bf16 as well
-    for k in f.keys():
-      t = np.asarray(f.get_tensor(k))
-      out[k] = t if t.dtype.kind in "iub" or t.dtype == np.float32 else t.astype(np.float32)
+  try:
+    with safe_open(str(path), framework="flax") as f:  # the flax reader handles bf16 as well
+      for k in f.keys():
+        t = np.asarray(f.get_tensor(k))
+        out[k] = t if t.dtype.kind in "iub" or t.dtype == np.float32 else t.astype(np.float32)
+  except Exception as e:  # truncated or not safetensors at all: the reader's own error types
+    raise HFImportError(f"{path}: not a readable safetensors file "
+                        f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
   return out
 
 

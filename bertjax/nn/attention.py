@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bertjax.errors import UserError
 from bertjax.nn import splash
 from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
 
@@ -154,7 +155,7 @@ class Attention(nnx.Module):
                 else "einsum" if active_dropout else "xla")
     if impl == "splash":
       if active_dropout:
-        raise ValueError("attention_impl=splash has no attention dropout; set "
+        raise UserError("attention_impl=splash has no attention dropout; set "
                          "model.attention_dropout=0")
       out = splash.splash_attention(q, k, v, scale=self.scale, window=window,
                                     padding_mask=mask.padding_mask, segment_ids=mask.segment_ids)
@@ -164,7 +165,7 @@ class Attention(nnx.Module):
                             dropout_rate=self.dropout_rate, dropout_key=dropout_key)
     elif impl == "xla" or (impl == "local" and not active_dropout):
       if active_dropout:
-        raise ValueError("attention_impl=xla has no attention dropout; use einsum or "
+        raise UserError("attention_impl=xla has no attention dropout; use einsum or "
                          "model.attention_dropout=0")
       out = xla_attention(q, k, v, mask.dense(t, t, window), scale=self.scale)
     else:

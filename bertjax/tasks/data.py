@@ -14,7 +14,7 @@ from bertjax.config import FinetuneConfig
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
 from bertjax.tasks.features import sequence_features, token_features, word_predictions
-from bertjax.tasks.formats import check_labels, read_split
+from bertjax.tasks.formats import TaskDataError, check_labels, read_split
 from bertjax.tasks.qa import QaFeatures, postprocess, qa_features
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "padding_mask")
@@ -36,7 +36,7 @@ def encode(examples: list[dict], name: str, cfg: FinetuneConfig, tokenizer: Toke
            labels: tuple[str, ...]) -> SplitData:
   d, task = cfg.data, cfg.task
   if not examples:
-    raise ValueError(f"data.{name}: no examples")
+    raise TaskDataError(f"data.{name}: no examples in {getattr(cfg.data, name)}")
   if task == "qa":
     feats = qa_features(examples, tokenizer, max_length=d.max_seq_length,
                         doc_stride=d.doc_stride, max_query_length=d.max_query_length)
@@ -53,6 +53,14 @@ def load_split(name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
   examples = read_split(name, cfg.task, cfg.data)
   check_labels(examples, cfg.task, labels, name)
   return encode(examples, name, cfg, tokenizer, labels)
+
+
+def has_labels(split: SplitData, task: str) -> bool:
+  """Whether the split can be scored: every example labelled (QA: some answers given)."""
+  if task == "qa":
+    return any(ex["answers"] for ex in split.examples)
+  key = "tags" if task == "token_classification" else "label"
+  return all(ex[key] is not None for ex in split.examples)
 
 
 def evaluate_logits(split: SplitData, logits: np.ndarray, cfg: FinetuneConfig,

@@ -37,7 +37,13 @@ from bertjax.tasks.serve import Predictor
 from bertjax.tasks.start import initial_params, load_pretrained, task_model_config
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
-from bertjax.train.run import check_process_split, claim_run_dir, open_run
+from bertjax.train.run import open_run, plan_mesh
+from bertjax.train.run_dir import check_run_dir_path, claim_run_dir, write_text_atomic
+
+# Config keys a resumed fine-tuning run may change without changing what it trains.
+RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_every",
+             "train.eval_batch_size", "train.early_stopping_patience", "train.on_nonfinite",
+             "train.max_consecutive_skips", "checkpoint", "mesh")
 
 
 class _TaskDataset:
@@ -65,10 +71,12 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 
 def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
-             stop_event: threading.Event | None = None) -> dict:
+             stop_event: threading.Event | None = None, allow_config_change: bool = False) -> dict:
   """Fine-tune once per seed; returns (and writes to ``run_dir/summary.json``) the per-seed
-  dev/test metrics and their medians."""
+  dev/test metrics and their medians. Everything (data, labels, the starting model, the mesh)
+  is checked before the run folder is touched; resuming follows ``run_dir.claim_run_dir``."""
   run_dir = Path(cfg.run_dir)
+  check_run_dir_path(run_dir)
   source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
   if cfg.data.tokenizer:
     tokenizer = Tokenizer.from_dir(cfg.data.tokenizer)
@@ -86,55 +94,54 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   test = load_split("test", cfg, tokenizer, labels) if cfg.data.test else None
   params = initial_params(model_cfg, source_params, cfg.init_from)
   del source_params
+  mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size,
+                   train_eval_batch_size=cfg.train.eval_batch_size)
 
-  claim_run_dir(run_dir, to_dict(cfg), same=("task", "init_from", "model_overrides", "data"),
-                what="task, start, model or data")
   runs = {}
-  for seed in cfg.train.seeds:
-    seed_dir = run_dir if len(cfg.train.seeds) == 1 else run_dir / f"seed-{seed}"
-    runs[seed] = _train_one(cfg, seed, seed_dir, model_cfg, params, tokenizer, train, dev, test,
-                            devices=devices, quiet=quiet, stop_event=stop_event)
-    if runs[seed].get("preempted"):
-      return {"preempted": True, "seed": seed, **runs[seed]}
-  summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
-             "labels": list(labels), "seeds": {str(s): r for s, r in runs.items()}}
-  for split in ("dev", "test"):
-    keys = set.intersection(*(set(r.get(split, {})) for r in runs.values()))
-    if keys:
-      summary[f"median_{split}"] = {k: statistics.median(r[split][k] for r in runs.values())
-                                    for k in sorted(keys)}
-  if jax.process_index() == 0:
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
+                     allow_config_change=allow_config_change):
+    for seed in cfg.train.seeds:
+      seed_dir = run_dir if len(cfg.train.seeds) == 1 else run_dir / f"seed-{seed}"
+      runs[seed] = _train_one(cfg, seed, seed_dir, mesh, model_cfg, params, tokenizer, train, dev,
+                              test, quiet=quiet, stop_event=stop_event)
+      if runs[seed].get("preempted"):
+        return {"preempted": True, "seed": seed, **runs[seed]}
+    summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
+               "labels": list(labels), "seeds": {str(s): r for s, r in runs.items()}}
+    for split in ("dev", "test"):
+      keys = set.intersection(*(set(r.get(split, {})) for r in runs.values()))
+      if keys:
+        summary[f"median_{split}"] = {k: statistics.median(r[split][k] for r in runs.values())
+                                      for k in sorted(keys)}
+    if jax.process_index() == 0:
+      write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
   return summary
 
 
-def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, model_cfg: ModelConfig,
+def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: ModelConfig,
                params: dict, tokenizer: Tokenizer, train: SplitData, dev: SplitData | None,
-               test: SplitData | None, *, devices, quiet, stop_event) -> dict:
+               test: SplitData | None, *, quiet, stop_event) -> dict:
   tc = cfg.train
   steps_per_epoch = max(1, len(train) // tc.batch_size)
   steps = max(1, math.ceil(tc.epochs * steps_per_epoch))
   eval_every = tc.eval_every or steps_per_epoch
   tx = make_optimizer(cfg.optim, steps, model_cfg.num_blocks)
   lr = schedule(cfg.optim, steps)
-  check_process_split(("train.batch_size", tc.batch_size),
-                      ("train.eval_batch_size", tc.eval_batch_size))
   best_file, model_dir = run_dir / "best.json", run_dir / "model"
   objective = TaskObjective(cfg.task)
   batches = train_iterator(train.arrays, tc.batch_size, seed)
   example = {k: v[:tc.batch_size] for k, v in train.arrays.items()}
 
-  with open_run(run_dir, cfg.mesh, cfg.checkpoint, devices=devices, quiet=quiet,
+  with open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet,
                 label=f"finetune seed {seed}", stop_event=stop_event) as run:
     model = sharding.create_sharded(lambda: Model(model_cfg, rngs=nnx.Rngs(seed)))
     assign_flat_params(model, params, strict=False)  # the head (and a new pooler) stay fresh
     engine = build_engine(model, objective, tx, seed=seed, example_batch=example,
-                          grad_accum_steps=tc.grad_accum_steps, lr_schedule=lr)
+                          grad_accum_steps=tc.grad_accum_steps, lr_schedule=lr,
+                          max_skips=tc.max_skips)
     del model
     predictor = Predictor(engine.graphdef, tc.eval_batch_size, example)
-    start = run.checkpointer.latest_step() or 0
-    if start:
-      engine.restore(run.checkpointer, start, batches)
+    start = run.restore(engine, batches) or 0
     best = json.loads(best_file.read_text()) if best_file.exists() else {}
 
     def evaluate(step: int) -> bool:
@@ -151,7 +158,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, model_cfg: ModelCo
       else:
         best["bad_evals"] = best.get("bad_evals", 0) + 1
       if jax.process_index() == 0:
-        best_file.write_text(json.dumps(best, indent=2) + "\n")
+        write_text_atomic(best_file, json.dumps(best, indent=2) + "\n")
       run.log(f"step {step}: dev {cfg.metric} {value:.4f} (best {best['value']:.4f} "
               f"at step {best['step']})")
       patience = tc.early_stopping_patience
@@ -182,7 +189,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, model_cfg: ModelCo
       run.writer.write(result.step, test_metrics, prefix="test")
       out["test"] = test_metrics
   if jax.process_index() == 0:
-    (run_dir / "result.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_text_atomic(run_dir / "result.json", json.dumps(out, indent=2) + "\n")
   return out
 
 

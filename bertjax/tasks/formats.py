@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from bertjax.config import TaskDataConfig
+from bertjax.errors import UserError
 from bertjax.data.sources import read_jsonl
 
 
-class TaskDataError(ValueError):
+class TaskDataError(UserError):
   """Bad labeled data; one line naming the file, line and field."""
 
 
@@ -59,8 +60,22 @@ def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
   if task == "qa":
     return [_qa_row(r, where, i) for i, r in enumerate(rows)]
   if task == "token_classification":
-    return [_token_row(r, where, i, cfg) for i, r in enumerate(rows)]
-  return [_text_row(r, where, i, cfg, task) for i, r in enumerate(rows)]
+    examples = [_token_row(r, where, i, cfg) for i, r in enumerate(rows)]
+  else:
+    examples = [_text_row(r, where, i, cfg, task) for i, r in enumerate(rows)]
+  _check_labelled(examples, split, "tags" if task == "token_classification" else "label",
+                  cfg.tags_field if task == "token_classification" else cfg.label_field)
+  return examples
+
+
+def _check_labelled(examples: list[dict], split: str, key: str, field: str) -> None:
+  """Training needs every label; an eval file is labelled throughout or not at all."""
+  unlabelled = [ex for ex in examples if ex[key] is None]
+  if unlabelled and (split == "train" or len(unlabelled) < len(examples)):
+    why = "training needs a label on every example" if split == "train" else \
+        "other examples of this file have one"
+    raise TaskDataError(f"{unlabelled[0]['where']}: no {field!r} ({why}; check "
+                        f"data.{'tags_field' if key == 'tags' else 'label_field'})")
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -125,52 +140,101 @@ def _decode(v: Any) -> Any:
   return v
 
 
-def _field(row: dict, name: str, path: str, n: int) -> Any:
+def _field(row: dict, name: str, where: str) -> Any:
   if name not in row:
-    raise TaskDataError(f"{path}:{n}: no field {name!r} (fields: {', '.join(map(str, row))})")
+    raise TaskDataError(f"{where}: no field {name!r} (fields: {', '.join(map(str, row))})")
   return row[name]
+
+
+def _string(row: dict, name: str, where: str) -> str:
+  value = _field(row, name, where)
+  if not isinstance(value, str):
+    raise TaskDataError(f"{where}: field {name!r} is {_shown(value)}, not a string")
+  return value
+
+
+def _strings(row: dict, name: str, where: str) -> list[str]:
+  value = _field(row, name, where)
+  if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    raise TaskDataError(f"{where}: field {name!r} is {_shown(value)}, not a list of strings")
+  return value
+
+
+def _shown(value: Any) -> str:
+  return json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
+
+
+def _label(row: dict, path: str, n: int, cfg: TaskDataConfig, task: str):
+  """The row's label in the task's form, or None when the row has none."""
+  field = cfg.label_field
+  label = row.get(field)
+  if label is None or (label == "" and task != "multi_label"):
+    return None
+  if task == "regression":
+    try:
+      value = float(label)
+    except (TypeError, ValueError):
+      value = float("nan")
+    if isinstance(label, bool) or value != value:
+      raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a number")
+    return value
+  if task == "multi_label":
+    if isinstance(label, str):
+      label = [x.strip() for x in label.split(cfg.label_separator) if x.strip()]
+    if not isinstance(label, list) or not all(isinstance(x, (str, int)) for x in label):
+      raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a list of labels")
+    return [str(x) for x in label]
+  if not isinstance(label, (str, int)):  # bool is an int
+    raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a label (a string or an "
+                        "integer)")
+  return str(label)
 
 
 def _text_row(item, path: str, i: int, cfg: TaskDataConfig, task: str) -> dict:
   n, row = item
-  text = _field(row, cfg.text_field, path, n)
-  pair = _field(row, cfg.text_pair_field, path, n) if cfg.text_pair_field else None
-  label = row.get(cfg.label_field)
-  if label is not None:
-    if task == "regression":
-      try:
-        label = float(label)
-      except (TypeError, ValueError):
-        raise TaskDataError(f"{path}:{n}: {cfg.label_field}={label!r} is not a number") from None
-    elif task == "multi_label":
-      if isinstance(label, str):
-        label = [x.strip() for x in label.split(cfg.label_separator) if x.strip()]
-      label = [str(x) for x in label]
-    else:
-      label = str(label)
-  return {"text": str(text), "text_pair": None if pair is None else str(pair), "label": label,
+  text = _string(row, cfg.text_field, f"{path}:{n}")
+  pair = _string(row, cfg.text_pair_field, f"{path}:{n}") if cfg.text_pair_field else None
+  return {"text": text, "text_pair": pair, "label": _label(row, path, n, cfg, task),
           "where": f"{path}:{n}"}
 
 
 def _token_row(item, path: str, i: int, cfg: TaskDataConfig) -> dict:
   n, row = item
-  tokens = _field(row, cfg.tokens_field, path, n)
-  tags = row.get(cfg.tags_field)
+  tokens = _strings(row, cfg.tokens_field, f"{path}:{n}")
+  tags = (_strings(row, cfg.tags_field, f"{path}:{n}") if row.get(cfg.tags_field) is not None
+          else None)
   if tags is not None and len(tags) != len(tokens):
     raise TaskDataError(f"{path}:{n}: {len(tokens)} tokens but {len(tags)} tags")
-  return {"tokens": [str(t) for t in tokens],
-          "tags": None if tags is None else [str(t) for t in tags], "where": f"{path}:{n}"}
+  return {"tokens": tokens, "tags": tags, "where": f"{path}:{n}"}
 
 
 def _qa_row(item, path: str, i: int) -> dict:
   n, row = item
+  where = f"{path}:{n}"
+  question, context = _string(row, "question", where), _string(row, "context", where)
   answers = row.get("answers") or {}
   if isinstance(answers, dict):  # HF datasets layout: {"text": [...], "answer_start": [...]}
-    answers = [{"text": t, "answer_start": int(s)}
-               for t, s in zip(answers.get("text", []), answers.get("answer_start", []))]
-  return {"id": str(row.get("id", i)), "question": _field(row, "question", path, n),
-          "context": _field(row, "context", path, n), "answers": answers,
-          "is_impossible": not answers}
+    texts, starts = answers.get("text", []), answers.get("answer_start", [])
+    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+      raise TaskDataError(f"{where}: answers needs equally long 'text' and 'answer_start' lists")
+    answers = [{"text": t, "answer_start": s} for t, s in zip(texts, starts)]
+  if not isinstance(answers, list):
+    raise TaskDataError(f"{where}: answers is {_shown(answers)}, not a list")
+  answers = [_answer(a, context, where) for a in answers]
+  return {"id": str(row.get("id", i)), "question": question, "context": context,
+          "answers": answers, "is_impossible": not answers}
+
+
+def _answer(answer: Any, context: str, where: str) -> dict:
+  """``{"text", "answer_start"}``, checked against the context it points into."""
+  if not isinstance(answer, dict) or not isinstance(answer.get("text"), str) or \
+      not isinstance(answer.get("answer_start"), int) or isinstance(answer["answer_start"], bool):
+    raise TaskDataError(f"{where}: answer {_shown(answer)} needs a string 'text' and an "
+                        "integer 'answer_start'")
+  start, text = answer["answer_start"], answer["text"]
+  if start < 0 or context[start:start + len(text)] != text:
+    raise TaskDataError(f"{where}: answer {text!r} is not at context[{start}]")
+  return {"text": text, "answer_start": start}
 
 
 # -- CoNLL and SQuAD ---------------------------------------------------------------------------
@@ -206,23 +270,35 @@ def read_squad(path: str) -> list[dict]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise TaskDataError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
-  if not isinstance(data, dict) or "data" not in data:
+  except UnicodeDecodeError as e:
+    raise TaskDataError(f"{path}: not UTF-8 text ({e.reason})") from None
+  if not isinstance(data, dict) or not isinstance(data.get("data"), list):
     raise TaskDataError(f"{path}: not SQuAD JSON (no top-level 'data' list)")
   examples = []
-  for article in data["data"]:
-    for paragraph in article.get("paragraphs", []):
-      context = paragraph["context"]
-      for qa in paragraph.get("qas", []):
-        answers = [{"text": a["text"], "answer_start": int(a["answer_start"])}
-                   for a in qa.get("answers", [])]
+  for i, article in enumerate(data["data"]):
+    for j, paragraph in enumerate(_items(article, "paragraphs", f"{path}: data[{i}]")):
+      where = f"{path}: data[{i}].paragraphs[{j}]"
+      if not isinstance(paragraph, dict):
+        raise TaskDataError(f"{where} is not an object")
+      context = _string(paragraph, "context", where)
+      for k, qa in enumerate(_items(paragraph, "qas", where)):
+        at = f"{where}.qas[{k}]"
+        if not isinstance(qa, dict) or "id" not in qa:
+          raise TaskDataError(f"{at}: a question needs an 'id'")
+        question = _string(qa, "question", f"{at} (id {qa['id']})")
+        answers = [_answer(a, context, f"{path}: question {qa['id']}")
+                   for a in _items(qa, "answers", at)]
         impossible = bool(qa.get("is_impossible", False)) or not answers
-        for a in answers:
-          if context[a["answer_start"]:a["answer_start"] + len(a["text"])] != a["text"]:
-            raise TaskDataError(f"{path}: question {qa['id']}: answer {a['text']!r} is not at "
-                                f"context[{a['answer_start']}]")
-        examples.append({"id": str(qa["id"]), "question": qa["question"], "context": context,
+        examples.append({"id": str(qa["id"]), "question": question, "context": context,
                          "answers": answers, "is_impossible": impossible})
   return examples
+
+
+def _items(parent: Any, key: str, where: str) -> list:
+  value = parent.get(key, []) if isinstance(parent, dict) else None
+  if not isinstance(value, list):
+    raise TaskDataError(f"{where}: {key!r} is not a list")
+  return value
 
 
 # -- labels ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from bertjax.data.tokenizer import Tokenizer
+from bertjax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -71,7 +72,7 @@ def qa_features(examples: list[dict], tokenizer: Tokenizer, *, max_length: int, 
     c_ids, c_offsets, c_words = (list(x) for x in contexts[e])
     max_tokens = max_length - len(q[0]) - tokenizer.num_special_tokens[1]
     if max_tokens < 1:
-      raise ValueError(f"data.max_seq_length={max_length} leaves no room for the context "
+      raise UserError(f"data.max_seq_length={max_length} leaves no room for the context "
                        f"after a {len(q[0])}-token question")
     answer = None
     if ex["answers"] and not ex.get("is_impossible"):

@@ -18,7 +18,8 @@ from bertjax import sharding
 from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
                             finetune_config, from_dict)
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
-from bertjax.tasks.data import MODEL_INPUTS, evaluate_logits, load_split
+from bertjax.tasks.data import MODEL_INPUTS, evaluate_logits, has_labels, load_split
+from bertjax.train.run_dir import write_text_atomic
 
 
 class Predictor:
@@ -63,7 +64,7 @@ def _task_of(model_cfg: ModelConfig) -> str:
 
 
 def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
-           batch_size: int):
+           batch_size: int, need_labels: bool = False):
   seeds = sorted(Path(model_path).glob("seed-*/model"))
   if seeds and not (Path(model_path) / "model").exists():
     raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
@@ -83,6 +84,8 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
     if tokenizer is None:
       raise ConfigError(f"{model_path} has no tokenizer/ folder")
     split = load_split("test", cfg, tokenizer, model_cfg.label_names)
+    if need_labels and not has_labels(split, cfg.task):
+      raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")
     graphdef, params = nnx.split(model)
     predictor = Predictor(graphdef, batch_size, split.arrays)
     logits = predictor(params, split.arrays)
@@ -108,7 +111,7 @@ def _run_config(model_path: str) -> dict | None:
 
 def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,
                    overrides: list[str] = (), batch_size: int = 64) -> dict:
-  metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size)
+  metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size, need_labels=True)
   if not metrics:
     raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")
   return metrics
@@ -117,11 +120,10 @@ def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None
 def predict_model(model_path: str, data_file: str, output: str, task_yaml: str | None = None,
                   overrides: list[str] = (), batch_size: int = 64) -> int:
   """Write one JSON line per example to ``output``; returns the count."""
-  _, preds = _serve(model_path, data_file, task_yaml, overrides, batch_size)
   out = Path(output)
-  tmp = out.with_name(f".{out.name}.partial")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for p in preds:
-      f.write(json.dumps(p, ensure_ascii=False) + "\n")
-  tmp.replace(out)  # never a half-written predictions file
+  if out.is_dir() or not out.parent.is_dir():
+    problem = "is a folder" if out.is_dir() else "is in a folder that does not exist"
+    raise ConfigError(f"--output {output} {problem}; name a file to write")
+  _, preds = _serve(model_path, data_file, task_yaml, overrides, batch_size)
+  write_text_atomic(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
   return len(preds)

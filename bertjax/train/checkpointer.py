@@ -1,14 +1,19 @@
-"""Orbax CheckpointManager: train state + grain iterator state, async, keep-N / keep-every-K.
+"""A run's checkpoints (Orbax CheckpointManager): train state + grain iterator state, async,
+keep-N / keep-every-K.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a save that
 is interrupted never replaces the previous good checkpoint (``latest_step`` only sees finished
 ones). Restoring takes an abstract target carrying the *current* mesh's shardings, so a run can
 resume on a different mesh shape. Grain iterator state is per process: it is restored only when
-the process count matches (otherwise the model/optimizer state alone is restored).
+the process count matches (otherwise the model/optimizer state alone is restored). A finished
+checkpoint that can't be read (a truncated file, emptied metadata) is passed over for the
+newest readable one, and moved aside once an older one has restored.
 """
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from pathlib import Path
 
 import grain
@@ -16,6 +21,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from bertjax.config import CheckpointConfig
+from bertjax.errors import RunDirError
+
+UNREADABLE = "unreadable-checkpoints"  # sibling of the checkpoints folder
 
 
 class Checkpointer:
@@ -51,6 +59,40 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restore_data
+
+  def restore_latest(self, abstract_state, data_iterator=None):
+    """-> (step, state) of the newest readable checkpoint; (None, None) when there is none."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        state, _ = self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # any reader error: the bytes on disk, not this process, are bad
+        failures.append((step, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
+        continue
+      for bad, reason in failures:
+        self._set_aside(bad, reason)
+      return step, state
+    if failures:
+      step, reason = failures[0]
+      raise RunDirError(f"{self.directory}: no checkpoint can be restored (step {step}: {reason}); "
+                        "if the run's config changed, resume with the old one or start a new "
+                        "run_dir")
+    return None, None
+
+  def _set_aside(self, step: int, reason: str) -> None:
+    """Move an unreadable step out of the manager's way (a later save may reuse its number)."""
+    from jax.experimental import multihost_utils
+
+    dest = self.directory.parent / UNREADABLE / str(step)
+    if jax.process_index() == 0:
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      shutil.rmtree(dest, ignore_errors=True)
+      shutil.move(str(self.directory / str(step)), str(dest))
+    multihost_utils.sync_global_devices(f"bertjax:set_aside:{step}")
+    self.manager.reload()
+    warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); "
+                  f"restored an older one and moved it to {dest}", stacklevel=3)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import sharding
-from bertjax.train.checkpointer import Checkpointer
+from bertjax.errors import NonFiniteError
 from bertjax.train.run import Run
 from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
 
@@ -35,15 +35,16 @@ class Engine:
   train_step: Callable  # jitted (state, batch) -> (state, metrics)
   eval_step: Callable  # jitted (params, batch, frozen) -> objective sums
   objective: Any
+  max_skips: int = 0  # non-finite steps tolerated in a row (0: train.on_nonfinite=stop)
 
   def batch(self, local: dict) -> dict:
     """This process's rows -> one global batch on the mesh."""
     return sharding.global_batch(local, self.batch_sh)
 
-  def restore(self, checkpointer: Checkpointer, step: int, data_iterator=None) -> None:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          self.state, self.state_sh)
-    self.state, _ = checkpointer.restore(step, target, data_iterator)
+  def abstract_state(self) -> TrainState:
+    """The state's shapes with this mesh's shardings: the target a checkpoint restores into."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.state, self.state_sh)
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state.params)
@@ -72,7 +73,7 @@ def opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
 
 def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation, *, seed: int,
                  example_batch: dict, grad_accum_steps: int = 1, lr_schedule=None,
-                 frozen=None) -> Engine:
+                 frozen=None, max_skips: int = 0) -> Engine:
   """``model`` is born sharded (``sharding.create_sharded``); ``frozen`` are parameters used
   but never trained (a distillation teacher). Call under ``sharding.use_mesh``."""
   mesh, _ = sharding.layout()
@@ -84,16 +85,19 @@ def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation,
   state_sh = TrainState(step=replicated, params=param_sh,
                         opt_state=opt_state_shardings(abstract.opt_state, abstract.params,
                                                       param_sh, mesh),
-                        key=replicated, frozen=frozen_sh)
+                        key=replicated, frozen=frozen_sh,
+                        guard=jax.tree.map(lambda _: replicated, abstract.guard))
   state = jax.jit(lambda p, f: init_state(graphdef, p, tx, seed, f),
                   out_shardings=state_sh)(params, frozen)
   batch_sh = {k: sharding.batch_sharding(mesh, ndim=np.ndim(v)) for k, v in example_batch.items()}
-  train_step = jax.jit(make_train_step(graphdef, objective, tx, grad_accum_steps, lr_schedule),
+  train_step = jax.jit(make_train_step(graphdef, objective, tx, grad_accum_steps, lr_schedule,
+                                       max_skips),
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(graphdef, objective),
                       in_shardings=(state_sh.params, batch_sh, frozen_sh))
-  return Engine(mesh, graphdef, state, state_sh, batch_sh, train_step, eval_step, objective)
+  return Engine(mesh, graphdef, state, state_sh, batch_sh, train_step, eval_step, objective,
+                max_skips)
 
 
 def to_host(tree):
@@ -114,22 +118,49 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
               peak_flops: float = 0.0, on_step: Callable[[int], None] | None = None) -> LoopResult:
   """Train from ``start`` to ``steps``. ``evaluate(step)`` runs every ``eval_every`` steps (not
   at the last step: the caller evaluates the final state) and returns True to stop early.
-  ``data_iterator`` (a grain iterator) is saved with every checkpoint."""
+  ``data_iterator`` (a grain iterator) is saved with every checkpoint. A halted non-finite
+  guard raises ``NonFiniteError`` before anything else is saved or evaluated."""
   objective = engine.objective
   checkpointer, writer, preempted = run.checkpointer, run.writer, run.stop
   progress = run.show_progress(steps, start)
   pending = None  # (step, metrics on device) of the step before the current one
   window_start, window_steps, last = time.perf_counter(), 0, {}
-  step, stopped_early = start, False
+  step, stopped_early, skipped = start, False, 0
 
-  def log(done_step, done):
-    nonlocal window_start, window_steps, last
+  def guard_check(guard) -> None:
+    """Stop on a halted guard; report newly skipped steps."""
+    nonlocal skipped
+    g = {k: int(v) for k, v in to_host(guard).items()}
+    if g["halted"]:
+      saved = checkpointer.latest_step()
+      where = (f"step {g['last_bad']}: the loss or the gradients are not finite "
+               "(train.on_nonfinite=stop)" if engine.max_skips == 0 else
+               f"steps {g['last_bad'] - g['in_a_row'] + 1}-{g['last_bad']}: {g['in_a_row']} "
+               f"non-finite steps in a row (train.max_consecutive_skips={engine.max_skips})")
+      raise NonFiniteError(
+          f"{where}; training stopped without saving them -- the last checkpoint is "
+          f"{'none' if saved is None else f'step {saved}'}; lower optim.learning_rate"
+          + (" or resume with train.on_nonfinite=skip" if engine.max_skips == 0 else ""))
+    if g["skipped"] > skipped:
+      run.log(f"step {g['last_bad']}: non-finite loss or gradients, update skipped "
+              f"({g['skipped']} skipped so far)")
+      skipped = g["skipped"]
+
+  def finalized(done) -> dict:
     host = to_host(done)
-    elapsed = time.perf_counter() - window_start
+    guard_check(host.pop("guard"))
     m = objective.finalize(host)
     m.update(grad_norm=float(host["grad_norm"]))
     if "learning_rate" in host:
       m["learning_rate"] = float(host["learning_rate"])
+    if skipped:
+      m["skipped_steps"] = skipped
+    return m
+
+  def log(done_step, done):
+    nonlocal window_start, window_steps, last
+    elapsed = time.perf_counter() - window_start
+    m = finalized(done)
     if window_steps > 1 and tokens_per_step:
       tps = tokens_per_step * (window_steps - 1) / elapsed
       m["tokens_per_second"] = tps
@@ -139,6 +170,10 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     last = m
     window_start, window_steps = time.perf_counter(), 1
     progress.update(done_step, f"loss {m['loss']:.3f} {m.get('tokens_per_second', 0):,.0f} tok/s")
+
+  def save(force: bool = False) -> None:
+    guard_check(engine.state.guard)  # never a halted state
+    checkpointer.save(step, engine.state, data_iterator, force=force)
 
   while step < steps and not preempted.is_set() and not stopped_early:
     batch = engine.batch(next(batches))
@@ -153,21 +188,19 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     if on_step is not None:
       on_step(step)
     if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
+      guard_check(engine.state.guard)
       stopped_early = bool(evaluate(step))
     if checkpointer.should_save(step):
-      checkpointer.save(step, engine.state, data_iterator)
+      save()
     progress.update(step)
-  if preempted.is_set() and step < steps:
-    if checkpointer.latest_step() != step:
-      checkpointer.save(step, engine.state, data_iterator, force=True)
-    checkpointer.wait()
-    progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
-    return LoopResult(step, True, False, last)
-  if pending is not None:  # the final step is still unread
-    m = objective.finalize(to_host(pending[1]))
+  if pending is not None:  # the last step's row (also the step a SIGTERM saves)
+    m = finalized(pending[1])
     writer.write(pending[0], m)
     last = {**last, **m}
   if checkpointer.latest_step() != step:
-    checkpointer.save(step, engine.state, data_iterator, force=True)
+    save(force=True)
   checkpointer.wait()
+  if preempted.is_set() and step < steps:
+    progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+    return LoopResult(step, True, False, last)
   return LoopResult(step, False, stopped_early, last)

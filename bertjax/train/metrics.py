@@ -11,8 +11,10 @@ import jax
 
 
 class MetricWriter:
+  """``purge_step``: a run restarting there hides TensorBoard events from that step on (the
+  caller trims ``metrics.jsonl`` the same way)."""
 
-  def __init__(self, run_dir: Path, enabled: bool | None = None):
+  def __init__(self, run_dir: Path, enabled: bool | None = None, purge_step: int | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
@@ -20,7 +22,7 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
 
       run_dir.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(str(run_dir / "events"))
+      self._tb = SummaryWriter(str(run_dir / "events"), purge_step=purge_step)
       self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:

@@ -18,15 +18,22 @@ from bertjax import sharding
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.corpus import load_corpus
 from bertjax.data.pipeline import make_dataset, masking_spec
-from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir, save_model_dir
+from bertjax.model_dir import (load_model_dir, read_model_config, read_param_shapes,
+                               resolve_model_dir, save_model_dir)
 from bertjax.models import Model
-from bertjax.objectives import make_objective
+from bertjax.objectives import check_objective, make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
-from bertjax.params import assign_flat_params, flat_params
+from bertjax.params import assign_flat_params, flat_params, flat_shapes
 from bertjax.train.engine import build_engine, run_steps, to_host
 from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
 from bertjax.train.optim import make_optimizer, schedule
-from bertjax.train.run import check_process_split, claim_run_dir, open_run
+from bertjax.train.run import open_run, plan_mesh
+from bertjax.train.run_dir import check_run_dir_path, claim_run_dir
+
+# Config keys a resumed run may change without changing what it trains.
+RESUMABLE = ("name", "run_dir", "train.steps", "train.eval_every", "train.eval_batches",
+             "train.log_every", "train.peak_flops_per_device", "train.on_nonfinite",
+             "train.max_consecutive_skips", "checkpoint", "mesh", "data.num_workers")
 
 
 def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
@@ -41,18 +48,23 @@ def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
 
 
 def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event | None = None,
-             on_step=None, quiet: bool = False) -> dict:
+             on_step=None, quiet: bool = False, allow_config_change: bool = False) -> dict:
   """Run (or resume) pretraining; returns a summary dict.
 
-  ``stop_event`` (set by SIGTERM too) stops after the current step with a checkpoint;
-  ``on_step(step)`` is called after every dispatched step (hooks, tests)."""
+  Everything is checked before the run folder is touched (config, data, mesh and batch split,
+  the starting parameters); a resumed run must keep its config except for ``RESUMABLE`` keys
+  unless ``allow_config_change``. ``stop_event`` (set by SIGTERM too) stops after the current
+  step with a checkpoint; ``on_step(step)`` is called after every dispatched step (hooks)."""
   run_dir = Path(cfg.run_dir)
+  check_run_dir_path(run_dir)
   if cfg.objective == "distill":
     cfg = _distillation_config(cfg)
   corpus = load_corpus(cfg.data)
   cfg = _resolve_model(cfg, corpus.tokenizer)
-  claim_run_dir(run_dir, to_dict(cfg), same=("model",), what="model config")
-  check_process_split(("train.batch_size", cfg.train.batch_size))
+  check_objective(cfg)
+  mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size)
+  if cfg.train.init_from:
+    _check_init_from(cfg)
   local_bs = cfg.train.batch_size // jax.process_count()
   spec = masking_spec(cfg.data, corpus.tokenizer)
   pad = corpus.tokenizer.pad_id
@@ -66,8 +78,9 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   tx = make_optimizer(cfg.optim, cfg.train.steps)
   lr = schedule(cfg.optim, cfg.train.steps)
 
-  with open_run(run_dir, cfg.mesh, cfg.checkpoint, devices=devices, quiet=quiet,
-                stop_event=stop_event) as run:
+  with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
+                     allow_config_change=allow_config_change), \
+       open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet, stop_event=stop_event) as run:
     model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))
     teacher_graphdef = frozen = None
     if cfg.objective == "distill":  # the teacher: frozen, sharded like the student
@@ -78,16 +91,13 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     objective = make_objective(cfg, teacher_graphdef)
     engine = build_engine(model, objective, tx, seed=cfg.train.seed, example_batch=eval_local[0],
                           grad_accum_steps=cfg.train.grad_accum_steps, lr_schedule=lr,
-                          frozen=frozen)
+                          frozen=frozen, max_skips=cfg.train.max_skips)
     del model
 
-    start = 0
-    latest = run.checkpointer.latest_step()
+    latest = run.restore(engine, train_iter)
     if latest is None and cfg.train.init_from:
       engine.state = engine.state.replace(params=_initial_params(cfg, engine.state.params))
-    if latest is not None:
-      engine.restore(run.checkpointer, latest, train_iter)
-      start = latest
+    start = latest or 0
 
     eval_batches = [engine.batch(b) for b in eval_local]
 
@@ -138,20 +148,27 @@ def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
                              data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer)))
 
 
-def _initial_params(cfg: ExperimentConfig, params):
-  """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh. The
-  architecture must have the same parameter shapes; RoPE theta, lengths, dropout may differ."""
+def _check_init_from(cfg: ExperimentConfig) -> None:
+  """``train.init_from`` must hold this family with this run's parameter shapes (RoPE theta,
+  lengths, dropout may differ): checked on abstract models, before anything is written."""
   source = read_model_config(cfg.train.init_from)
   if source.family != cfg.model.family:
     raise ConfigError(f"train.init_from={cfg.train.init_from} holds a {source.family} model, "
                       f"this run trains {cfg.model.family}")
-  loaded, _ = load_model_dir(cfg.train.init_from)
-  new = nnx.state(loaded)
-  shapes = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
-  if shapes(new) != shapes(params):
+  ours = flat_shapes(nnx.eval_shape(lambda: Model(cfg.model, rngs=nnx.Rngs(0))))
+  theirs = read_param_shapes(cfg.train.init_from)  # its metadata: readable, and these shapes
+  differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+  if differ:
     raise ConfigError(f"train.init_from={cfg.train.init_from}: parameter shapes differ from "
-                      "model.* (only shape-preserving changes such as rope_theta or lengths)")
-  return jax.tree.map(lambda x, ref: jax.device_put(x, ref.sharding), new, params)
+                      f"model.* ({', '.join(differ[:3])}); only shape-preserving changes such "
+                      "as rope_theta or lengths")
+
+
+def _initial_params(cfg: ExperimentConfig, params):
+  """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh."""
+  loaded, _ = load_model_dir(cfg.train.init_from)
+  return jax.tree.map(lambda x, ref: jax.device_put(x.astype(ref.dtype), ref.sharding),
+                      nnx.state(loaded), params)
 
 
 def _unigram_baseline(eval_local: list[dict], token: int) -> float:

@@ -1,55 +1,52 @@
 """The run scaffold every trainer uses (pretraining, each fine-tuning seed).
 
-``claim_run_dir``: a run folder holds one run -- resuming with another setup is refused before
-anything is written -- and its resolved ``config.yaml``. ``open_run``: the mesh (active for the
-whole run), SIGTERM -> ``run.stop``, and the services a run writes through, opened when first
-used so that a run failing while it builds its model leaves nothing behind: the Orbax
-checkpointer, the metric writer, the progress bar. All are closed on every exit.
+``plan_mesh`` builds the mesh and checks the batch split before anything is written; the run
+folder's rules (lock, config, history) are ``run_dir.py``'s ``claim_run_dir``. ``open_run``:
+the mesh (active for the whole run), SIGTERM -> ``run.stop``, and the services a run writes
+through, opened when first used so that a run failing while it builds its model leaves nothing
+behind: the Orbax checkpointer, the metric writer, the progress bar. All are closed on every
+exit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import jax
-import yaml
 
 from bertjax import sharding
 from bertjax.config import CheckpointConfig, ConfigError, MeshConfig
 from bertjax.train.checkpointer import Checkpointer
 from bertjax.train.metrics import MetricWriter, Progress
+from bertjax.train.run_dir import drop_metrics_after
 
 
-def claim_run_dir(run_dir: Path, config: dict, *, same: Sequence[str], what: str) -> None:
-  """Make ``run_dir`` this run's folder. If it already holds a run, the config sections named
-  in ``same`` must be equal (compared field by field); ``config.yaml`` is (re)written."""
-  saved = run_dir / "config.yaml"
-  if saved.exists():
-    old = yaml.safe_load(saved.read_text()) or {}
-    diff = _differing(old, config, same)
-    if diff:
-      raise ConfigError(f"{run_dir} holds a run with a different {what} "
-                        f"({', '.join(diff[:4])}); choose another run_dir")
-  run_dir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    saved.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _differing(old: dict, new: dict, sections: Sequence[str]) -> list[str]:
-  """Dotted keys whose values differ: ``model.num_layers``, or a whole non-mapping section."""
-  out = []
-  for section in sections:
-    a, b = old.get(section), new.get(section)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += sorted(f"{section}.{k}" for k in b if a.get(k) != b[k])
-    elif a != b:
-      out.append(section)
-  return out
+def plan_mesh(mesh: MeshConfig, devices=None, **batch_sizes: int) -> jax.sharding.Mesh:
+  """The mesh for ``mesh.*`` over ``devices`` (default: all), checked against each global batch
+  size (``train_batch_size=256``): it must split over the processes (each reads its own rows)
+  and over the mesh's data-parallel axes."""
+  try:
+    m = sharding.make_mesh(mesh, devices)
+  except ValueError as e:
+    raise ConfigError(f"mesh: {e}") from None
+  batch_axes = sharding.logical_to_spec(("batch",), None, m, mesh.rules)[0] or ()
+  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
+  parallel = math.prod(m.shape[a] for a in batch_axes)
+  processes = jax.process_count()
+  for name, size in batch_sizes.items():
+    field = "train." + name.replace("train_", "")
+    if size % processes:
+      raise ConfigError(f"{field}={size} is not divisible by the {processes} processes")
+    if size % parallel:
+      raise ConfigError(f"{field}={size} is not divisible by the {parallel} data-parallel "
+                        f"devices of the mesh ({' x '.join(batch_axes)}); change it or mesh.*")
+  return m
 
 
 class Run:
@@ -59,6 +56,7 @@ class Run:
                label: str, quiet: bool, stop: threading.Event):
     self.dir, self.mesh, self.stop = directory, mesh, stop
     self._checkpoint, self._label, self._quiet = checkpoint, label, quiet
+    self._start = 0  # the step the run continues from (restore)
     self.progress: Progress | None = None
 
   @functools.cached_property
@@ -67,7 +65,18 @@ class Run:
 
   @functools.cached_property
   def writer(self) -> MetricWriter:
-    return MetricWriter(self.dir)
+    return MetricWriter(self.dir, purge_step=self._start + 1 if self._start else None)
+
+  def restore(self, engine, data_iterator=None) -> int | None:
+    """The newest readable checkpoint into ``engine`` (and the data iterator); -> its step, or
+    None for a fresh start. Metric rows past the step the run continues from are dropped, so
+    ``metrics.jsonl`` and TensorBoard read as one run."""
+    step, state = self.checkpointer.restore_latest(engine.abstract_state(), data_iterator)
+    if state is not None:
+      engine.state = state
+    self._start = step or 0
+    drop_metrics_after(self.dir, self._start)
+    return step
 
   def show_progress(self, total: int, start: int) -> Progress:
     """The progress bar (process 0, unless quiet), from ``start`` of ``total`` steps."""
@@ -89,29 +98,21 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(run_dir: Path, mesh: MeshConfig, checkpoint: CheckpointConfig, *, devices=None,
-             label: str = "pretrain", quiet: bool = False,
+def open_run(run_dir: Path, mesh: jax.sharding.Mesh, mesh_cfg: MeshConfig,
+             checkpoint: CheckpointConfig, *, label: str = "pretrain", quiet: bool = False,
              stop_event: threading.Event | None = None) -> Iterator[Run]:
-  """A ``Run`` on a mesh of ``devices`` (default: all) shaped by ``mesh``, active inside.
-  SIGTERM (a preempted VM) sets ``run.stop``: the step loop saves and returns."""
+  """A ``Run`` in ``run_dir`` on ``mesh`` (from ``plan_mesh``), active inside with the rules of
+  ``mesh_cfg``. SIGTERM (a preempted VM) sets ``run.stop``: the step loop saves and returns."""
   run_dir.mkdir(parents=True, exist_ok=True)
-  run = Run(run_dir, sharding.make_mesh(mesh, devices), checkpoint, label=label, quiet=quiet,
+  run = Run(run_dir, mesh, checkpoint, label=label, quiet=quiet,
             stop=stop_event or threading.Event())
   previous = None
   if threading.current_thread() is threading.main_thread():
     previous = signal.signal(signal.SIGTERM, lambda *_: run.stop.set())
   try:
-    with sharding.use_mesh(run.mesh, mesh.rules):
+    with sharding.use_mesh(run.mesh, mesh_cfg.rules):
       yield run
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
     run.close()
-
-
-def check_process_split(*batch_sizes: tuple[str, int]) -> None:
-  """Each global batch must split evenly over the processes (each reads its own rows)."""
-  processes = jax.process_count()
-  for name, size in batch_sizes:
-    if size % processes:
-      raise ConfigError(f"{name}={size} is not divisible by the {processes} processes")

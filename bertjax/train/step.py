@@ -2,6 +2,11 @@
 
 The model lives as ``nnx.split`` state; the step merges it inside (Flax's functional NNX
 style), so jit sees plain pytrees with explicit shardings and the state buffers are donated.
+
+A step whose loss or gradient norm is not finite leaves parameters and optimizer state as they
+were (a select on device, no host sync); ``state.guard`` counts such steps and halts all
+updates once more than ``max_skips`` came in a row. The host reads the guard with the deferred
+metrics and ends the run; a halted state is never saved.
 """
 
 from __future__ import annotations
@@ -21,12 +26,27 @@ class TrainState:
   opt_state: Any
   key: jax.Array  # uint32[2] base key; step keys are fold_in(key, step) -> resume-exact
   frozen: Any = None  # parameters used but never trained (a distillation teacher)
+  guard: Any = None  # non-finite steps: {"skipped", "in_a_row", "last_bad", "halted"}
 
 
 def init_state(graphdef, params, tx: optax.GradientTransformation, seed: int,
                frozen=None) -> TrainState:
+  guard = {"skipped": jnp.zeros((), jnp.int32), "in_a_row": jnp.zeros((), jnp.int32),
+           "last_bad": jnp.full((), -1, jnp.int32), "halted": jnp.zeros((), jnp.bool_)}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    key=jax.random.PRNGKey(seed), frozen=frozen)
+                    key=jax.random.PRNGKey(seed), frozen=frozen, guard=guard)
+
+
+def _guarded(state: TrainState, params, opt_state, finite: jax.Array, max_skips: int):
+  """Apply the update only if this step is finite and the run is not halted."""
+  g = state.guard
+  in_a_row = jnp.where(finite, 0, g["in_a_row"] + 1)
+  halted = g["halted"] | (in_a_row > max_skips)
+  apply = finite & ~halted
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+  guard = {"skipped": g["skipped"] + (~finite).astype(jnp.int32), "in_a_row": in_a_row,
+           "last_bad": jnp.where(finite, g["last_bad"], state.step + 1), "halted": halted}
+  return keep(params, state.params), keep(opt_state, state.opt_state), guard
 
 
 def _call(objective, model, batch, key, totals, frozen):
@@ -41,7 +61,8 @@ def _split_microbatches(batch, n: int):
 
 
 def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
-                    grad_accum_steps: int = 1, lr_schedule: Callable | None = None):
+                    grad_accum_steps: int = 1, lr_schedule: Callable | None = None,
+                    max_skips: int = 0):
 
   def loss_fn(params, micro, key, totals, frozen):
     return _call(objective, nnx.merge(graphdef, params), micro, key, totals, frozen)
@@ -69,10 +90,13 @@ def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
       (loss, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums, objective=loss, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    params, opt_state, guard = _guarded(state, params, opt_state,
+                                        jnp.isfinite(loss) & jnp.isfinite(grad_norm), max_skips)
+    metrics = dict(sums, objective=loss, grad_norm=grad_norm, guard=guard)
     if lr_schedule is not None:
       metrics["learning_rate"] = lr_schedule(state.step)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard)
     return new, metrics
 
   return train_step

@@ -1,0 +1,16 @@
+"""Errors a user can cause and fix: a bad config value, a bad file, a busy run folder, a run
+that diverged. Their message is one line naming the file, field or value (and what to change);
+the CLI prints it and exits 2. Anything else is a bug and keeps its traceback."""
+
+
+class UserError(ValueError):
+  """Base of every error a user can cause; the message is one line."""
+
+
+class RunDirError(UserError):
+  """A run folder that can't be used as asked: another live run holds it, or it holds a run
+  with another setup."""
+
+
+class NonFiniteError(UserError):
+  """Training produced a non-finite loss or gradient (train.on_nonfinite)."""
