@@ -63,7 +63,8 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | Any = None,
   else:
     sizes = list(shape)
   if sizes.count(-1) > 1:
-    raise UserError(f"mesh shape {sizes}: at most one of mesh.data/fsdp/tensor may be -1")
+    raise UserError(f"mesh shape {sizes}: at most one axis (mesh.data/fsdp/tensor) may be "
+                    "-1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
