@@ -324,3 +324,41 @@ def test_classification_and_regression_metrics():
   assert r["spearman"] == pytest.approx(1.0) and 0.95 < r["pearson"] < 1.0
   ml = M.multi_label_metrics(np.array([[1.0, -1.0], [1.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 0.0]]))
   assert ml["accuracy"] == 0.5 and ml["f1_micro"] == pytest.approx(0.8)
+
+
+def test_multi_label_exact_match_is_over_rows():
+  """Exact match: the fraction of rows whose whole label set is right (hand-computed), in the
+  training metric and in the dev metric alike; the loss stays the mean BCE over label slots."""
+  import jax.numpy as jnp
+  import optax
+
+  from bertjax.objectives.finetune import TaskObjective
+
+  logits = np.array([[2.0, -1.0], [3.0, 1.0], [-1.0, -2.0]], np.float32)
+  label = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)  # rows right: 1 of 3
+  objective = TaskObjective("multi_label")
+
+  class Head:
+    def __call__(self, *a, **k):
+      return type("Out", (), {"task_logits": jnp.asarray(logits)})()
+
+  batch = {"input_ids": np.zeros((3, 4), np.int32), "padding_mask": np.ones((3, 4), bool),
+           "label": label}
+  loss, sums = objective(Head(), batch, None, objective.totals(batch))
+  m = objective.finalize({k: np.asarray(v) for k, v in sums.items()})
+  assert m["exact_match"] == pytest.approx(1 / 3)
+  bce = float(optax.sigmoid_binary_cross_entropy(logits, label).mean())
+  assert float(loss) == pytest.approx(bce) and m["loss"] == pytest.approx(bce)
+  assert M.multi_label_metrics(logits, label)["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_unlabelled_multi_label_files_have_no_metrics(tmp_path, tokenizer):
+  from bertjax.config import finetune_config
+  from bertjax.tasks.data import evaluate_logits, load_split
+
+  (tmp_path / "x.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+  cfg = finetune_config("rt-polarity", ["init_from=x", "task=multi_label", "data.labels=[p, q]",
+                                        "train.metric=f1_micro", f"data.test={tmp_path / 'x.jsonl'}"])
+  split = load_split("test", cfg, tokenizer, ("p", "q"))
+  metrics, preds = evaluate_logits(split, np.zeros((2, 2), np.float32), cfg, ("p", "q"))
+  assert metrics == {} and len(preds) == 2

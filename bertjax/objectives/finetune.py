@@ -42,11 +42,12 @@ class TaskObjective:
       correct = ((jnp.argmax(logits[..., 0], -1) == batch["start_position"]) &
                  (jnp.argmax(logits[..., 1], -1) == batch["end_position"])).sum()
       count = jnp.asarray(logits.shape[0], jnp.float32)
-    elif self.task == "multi_label":
+    elif self.task == "multi_label":  # BCE averaged over label slots; exact match over rows
       label = batch["label"]
       loss_sum = optax.sigmoid_binary_cross_entropy(logits, label).sum()
       correct = jnp.all((logits > 0) == (label > 0.5), axis=-1).sum()
       count = jnp.asarray(label.size, jnp.float32)
+      rows = jnp.asarray(label.shape[0], jnp.float32)
     elif self.task == "regression":
       label = batch["label"]
       valid = ~jnp.isnan(label)
@@ -63,13 +64,15 @@ class TaskObjective:
       count = valid.sum().astype(jnp.float32)
     sums = {"task_loss": loss_sum, "task_correct": correct.astype(jnp.float32),
             "task_count": count}
+    if self.task == "multi_label":
+      sums["task_rows"] = rows
     return loss_sum / totals["task"], sums
 
   def finalize(self, sums: dict) -> dict[str, float]:
     count = max(float(sums["task_count"]), 1.0)
     out = {"loss": float(sums["task_loss"]) / count}
-    if self.task == "multi_label":
-      out["exact_match"] = float(sums["task_correct"]) / max(count, 1.0)  # per label slot
+    if self.task == "multi_label":  # rows whose whole label set is right
+      out["exact_match"] = float(sums["task_correct"]) / max(float(sums["task_rows"]), 1.0)
     elif self.task != "regression":
       out["accuracy"] = float(sums["task_correct"]) / count
     return out

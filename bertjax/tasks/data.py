@@ -102,7 +102,8 @@ def evaluate_logits(split: SplitData, logits: np.ndarray, cfg: FinetuneConfig,
     preds = [{"text": ex["text"], "labels": [labels[j] for j in np.flatnonzero(p > 0.5)],
               "probabilities": dict(zip(labels, map(float, p)))}
              for ex, p in zip(split.examples, probs)]
-    return M.multi_label_metrics(logits, gold), preds
+    labelled = all(ex["label"] is not None for ex in split.examples)  # [] is a label set
+    return (M.multi_label_metrics(logits, gold) if labelled else {}), preds
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   preds = [{"text": ex["text"], "label": labels[int(np.argmax(p))],
