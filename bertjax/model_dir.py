@@ -18,7 +18,7 @@ import yaml
 from flax import nnx
 
 from bertjax import sharding
-from bertjax.config import ConfigError, ModelConfig, from_dict, load_yaml, to_dict
+from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict, load_yaml, to_dict
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.models import Model
 from bertjax.params import assign_flat_params, flat_params
@@ -95,9 +95,11 @@ def read_model_config(path: str | Path) -> ModelConfig:
   if not cfg_file.exists():
     raise ConfigError(f"{path} is not a bertjax model folder (no config.yaml)")
   data = load_yaml(cfg_file)
-  if "model" not in data:
+  if not isinstance(data.get("model"), dict):
     raise ConfigError(f"{cfg_file}: no 'model' section")
-  return from_dict(ModelConfig, data["model"], prefix="model")
+  # a field added after the folder was saved takes its family's value
+  family = family_defaults(str(data["model"].get("family", "bert")))
+  return from_dict(ModelConfig, {**family, **data["model"]}, prefix="model")
 
 
 def load_model_dir(path: str | Path, *, mesh=None,

@@ -165,3 +165,62 @@ def test_modernbert_context_extension_starts_from_phase_one(tmp_path):
   pretrain(fresh, quiet=True)
   # the first step already benefits from phase 1; a fresh start sits near ln(vocab)
   assert train_losses(tmp_path / "p2")[1] < train_losses(tmp_path / "fresh")[1] - 0.3
+
+
+def test_doc_sentences_blocks_never_leave_their_document():
+  """SpanBERT's break_mode=doc: single-document blocks; FULL-SENTENCES crosses documents."""
+  from bertjax.data.instances import Specials, full_sentence_instances
+
+  rng = np.random.default_rng(0)
+  docs = []  # document d uses token ids [100 d, 100 d + 100)
+  for d in range(1, 30):
+    sentences = []
+    for _ in range(rng.integers(1, 6)):
+      ids = rng.integers(100 * d, 100 * d + 100, rng.integers(3, 20)).astype(np.int32)
+      sentences.append((ids, np.ones(len(ids), bool)))
+    docs.append(sentences)
+  sp = Specials(cls=2, sep=3, roberta_template=False)
+  per_doc = full_sentence_instances(docs, sp, max_seq_length=64, cross_documents=False)
+  crossing = full_sentence_instances(docs, sp, max_seq_length=64)
+  owners = lambda x: set((x.ids[~x.special] // 100).tolist())
+  assert all(len(owners(x)) == 1 for x in per_doc)
+  assert all(x.ids[0] == 2 and x.ids[-1] == 3 and not (x.ids[1:-1] == 3).any() for x in per_doc)
+  assert any(len(owners(x)) > 1 for x in crossing)
+  assert sum(len(x.ids) - 2 for x in per_doc) == sum(len(s[0]) for d in docs for s in d)
+  assert experiment_config("spanbert-tiny").data.instances == "doc_sentences"
+
+
+def test_span_replacements_follow_the_unigram_in_memory_and_prepared(tmp_path):
+  """Random span replacements come from the training corpus's unigram distribution, the same
+  way (bit-identical batches) from text and from a prepare-data folder."""
+  from bertjax.data.corpus import load_corpus
+  from bertjax.data.pipeline import make_dataset, masking_spec
+  from bertjax.data.prepare import prepare_data
+
+  corpus = small_corpus(tmp_path / "corpus.txt", paragraphs=150)
+  cfg = experiment_config("spanbert-tiny", [f"data.source={corpus}", "data.mask_token_prob=0",
+                                            "data.random_token_prob=1"]).data
+  prepared = prepare_data(cfg, tmp_path / "prep", num_shards=2)
+  texts = load_corpus(cfg)
+  folder = load_corpus(experiment_config("spanbert-tiny", [f"data.source={prepared}",
+                                                           "data.mask_token_prob=0",
+                                                           "data.random_token_prob=1"]).data)
+  assert np.array_equal(texts.unigram, folder.unigram)
+  spec = masking_spec(cfg, texts.tokenizer)
+  kw = dict(local_batch_size=32, pad_id=0, sbo_max_targets=15)
+  a = iter(make_dataset(texts.train, spec, cfg, unigram=texts.unigram, **kw))
+  b = iter(make_dataset(folder.train, spec, cfg, unigram=folder.unigram, **kw))
+  replaced = []
+  for _ in range(25):
+    x, y = next(a), next(b)
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+    w = x["masked_weights"] > 0
+    rows, cols = np.nonzero(w)
+    replaced.append(x["input_ids"][rows, x["masked_positions"][rows, cols]])
+  replaced = np.concatenate(replaced)
+  p = texts.unigram / texts.unigram.sum()
+  n = len(replaced)
+  for token in np.argsort(-p)[:5]:  # the most frequent tokens, as often as the corpus has them
+    assert abs((replaced == token).mean() - p[token]) <= sigma3(p[token], n)
+  uniform = 1 / len(p)
+  assert (replaced == np.argmax(p)).mean() > 10 * uniform

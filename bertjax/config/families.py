@@ -32,12 +32,13 @@ ALBERT = dict(vocab_size=30000, embedding_size=128, hidden_act="gelu_tanh", norm
               type_vocab_size=2, pad_token_id=0, pooler=True, heads=("mlm", "sop"),
               classifier_dropout=0.1)
 
-# DistilBERT (Sanh et al. 2019): six BERT layers, no token types, no pooler, LN eps 1e-12; its
-# classifier is pre_classifier -> ReLU with seq_classif_dropout 0.2.
+# DistilBERT (Sanh et al. 2019): six BERT layers, no token types, no pooler, LN eps 1e-12, no
+# dropout on the attention output; its classifier is pre_classifier -> ReLU with
+# seq_classif_dropout 0.2.
 DISTILBERT = dict(vocab_size=30522, num_layers=6, hidden_act="gelu", norm_eps=1e-12,
                   type_vocab_size=0, pad_token_id=0, pooler=False, heads=("mlm",),
                   classifier_pooling="cls", classifier_transform="sequence",
-                  classifier_act="relu", classifier_dropout=0.2)
+                  classifier_act="relu", classifier_dropout=0.2, attention_output_dropout=0.0)
 
 # ELECTRA (Clark et al. 2020): a BERT body with E-wide embeddings projected to H, no pooler, a
 # replaced-token head without LayerNorm; the generator is a smaller body sharing all embeddings.
@@ -54,11 +55,13 @@ SPANBERT = dict(BERT, vocab_size=28996, heads=("mlm",))
 # is the only bias), GeGLU, RoPE with theta 160k on global and 10k on local layers, global
 # attention every 3rd layer from layer 0 and a +-64 window elsewhere, an embedding LayerNorm
 # and none before layer 0's attention, a final norm, a tied MLM decoder; one prediction head
-# (dense -> act -> norm) in front of every task head.
+# (dense -> act -> norm) in front of every task head. Dropout (all 0 as released): embeddings
+# (embedding_dropout), attention output (= attention_dropout), inside the MLP (mlp_dropout).
 MODERNBERT = dict(
     vocab_size=50368, hidden_act="gelu", head_act="gelu", mlp_type="glu", position_embedding="rope",
     type_vocab_size=0, pad_token_id=50283, norm_eps=1e-5, norm_bias=False, norm_position="pre",
-    use_bias=False, hidden_dropout=0.0, attention_dropout=0.0, pooler=False, heads=("mlm",),
+    use_bias=False, hidden_dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0,
+    attention_output_dropout=0.0, mlp_dropout_inside=True, pooler=False, heads=("mlm",),
     rope_theta=160000.0, local_rope_theta=10000.0, local_window=64, global_every=3,
     first_layer_attention_norm=False, max_position_embeddings=8192, classifier_pooling="cls",
     classifier_transform="all", classifier_act="gelu", classifier_norm=True,

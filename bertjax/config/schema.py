@@ -50,7 +50,14 @@ class ModelConfig:
   embedding_norm: bool = True
   use_bias: bool = True
   hidden_dropout: float = 0.1
-  attention_dropout: float = 0.1
+  attention_dropout: float = 0.1  # on the attention probabilities
+  # Where the other dropouts act. BERT drops the embeddings and each sublayer's output (after
+  # the attention out-projection and after the MLP) at hidden_dropout. ModernBERT drops the
+  # embeddings at its embedding_dropout, the attention output at its attention_dropout and the
+  # MLP inside, before its output projection; DistilBERT has no attention-output dropout.
+  embedding_dropout: float | None = None  # None -> hidden_dropout
+  attention_output_dropout: float | None = None  # None -> hidden_dropout
+  mlp_dropout_inside: bool = False  # drop act(x W_i) [* gate] before W_o, not after it
   # ALBERT cross-layer sharing: layer l runs group int(l * groups / num_layers); 0 = no sharing.
   num_hidden_groups: int = 0
   inner_group_num: int = 1
@@ -132,9 +139,11 @@ class ModelConfig:
       raise ConfigError("model.heads may hold nsp or sop, not both (they are the same 2-way head)")
     if ({"nsp", "sop"} & set(self.heads)) and not self.pooler:
       raise ConfigError("model.heads nsp/sop need model.pooler=true")
-    for name in ("hidden_dropout", "attention_dropout"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+    for name in ("hidden_dropout", "attention_dropout", "embedding_dropout",
+                 "attention_output_dropout"):
+      value = getattr(self, name)
+      if value is not None and not 0.0 <= value < 1.0:
+        raise ConfigError(f"model.{name} must be in [0, 1), got {value}")
     if self.position_embedding == "absolute" and self.position_offset >= self.max_position_embeddings:
       raise ConfigError("model.position_offset must be smaller than model.max_position_embeddings")
     if not 0 <= self.pad_token_id < self.vocab_size:
@@ -231,7 +240,9 @@ class DataConfig:
   tokenizer: str = "corpus"  # a tokenizer folder; "corpus" = the WordPiece vocab shipped with it
   max_seq_length: int = 128
   # Instances (google-research/bert create_pretraining_data.py semantics).
-  instances: Literal["nsp", "sop", "full_sentences", "packed"] = "nsp"
+  # nsp / sop: sentence pairs; full_sentences: RoBERTa blocks crossing documents;
+  # doc_sentences: blocks within one document (SpanBERT); packed: documents with segment ids
+  instances: Literal["nsp", "sop", "full_sentences", "doc_sentences", "packed"] = "nsp"
   short_seq_prob: float = 0.1
   # ALBERT SOP: a single-chunk document gets a random-document B labelled 1 ("random", as the
   # original create_pretraining_data.py does -- an NSP leftover) or is skipped ("drop").

@@ -17,6 +17,7 @@ from bertjax.data.instances import (InstanceStore, Specials, deserialize, full_s
 from bertjax.data.tokenizer import Tokenizer
 
 META = "meta.json"  # a prepared folder's index: shards, counts, unigram token, the data config
+UNIGRAM = "unigram.npy"  # a prepared folder's training-token counts [vocab]
 
 SHIPPED_TOKENIZERS = {  # vocabularies trained on the shipped corpus (bertjax train-tokenizer)
     "corpus": "tokenizer",  # WordPiece, 8192, uncased (BERT)
@@ -59,8 +60,9 @@ def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int,
     instances = nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
                               short_seq_prob=cfg.short_seq_prob, rng=rng,
                               sop=cfg.instances == "sop", sop_single_chunk=cfg.sop_single_chunk)
-  elif cfg.instances == "full_sentences":
-    instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length)
+  elif cfg.instances in ("full_sentences", "doc_sentences"):
+    instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length,
+                                        cross_documents=cfg.instances == "full_sentences")
   else:
     instances = packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
   if not instances:
@@ -76,11 +78,16 @@ class Corpus:
   train: InstanceStore
   eval: InstanceStore
   tokenizer: Tokenizer
-  unigram_token: int  # the most frequent non-template training token (the unigram baseline)
+  unigram: np.ndarray  # [vocab] counts of the non-template training tokens
+
+  @property
+  def unigram_token(self) -> int:
+    """The most frequent training token (the unigram baseline's prediction)."""
+    return int(np.argmax(self.unigram))
 
 
-def most_frequent_token(store: InstanceStore, vocab_size: int) -> int:
-  return int(np.argmax(np.bincount(store.ids[~store.special], minlength=vocab_size)))
+def token_counts(store: InstanceStore, vocab_size: int) -> np.ndarray:
+  return np.bincount(store.ids[~store.special], minlength=vocab_size).astype(np.int64)
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
@@ -88,9 +95,12 @@ def load_corpus(cfg: DataConfig) -> Corpus:
   if is_prepared(cfg.source):
     root = Path(cfg.source)
     meta = read_meta(root)
+    if not (root / UNIGRAM).exists():
+      raise sources.DataError(f"data.source {root} has no {UNIGRAM} (prepared by an older "
+                              "bertjax); run bertjax prepare-data again")
     return Corpus(ArrayRecordStore([root / n for n in meta["train"]]),
                   ArrayRecordStore([root / n for n in meta["eval"]]),
-                  Tokenizer.from_dir(root / "tokenizer"), meta["unigram_token"])
+                  Tokenizer.from_dir(root / "tokenizer"), np.load(root / UNIGRAM))
   tokenizer = load_tokenizer(cfg)
   docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
                                 tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
@@ -103,7 +113,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
   train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
   heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1,
                             part="held-out")
-  return Corpus(train, heldout, tokenizer, most_frequent_token(train, tokenizer.vocab_size))
+  return Corpus(train, heldout, tokenizer, token_counts(train, tokenizer.vocab_size))
 
 
 class ArrayRecordStore:

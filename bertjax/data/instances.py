@@ -132,10 +132,11 @@ def nsp_instances(docs: list[list[Sentence]], sp: Specials, *, max_seq_length: i
   return out
 
 
-def full_sentence_instances(docs: list[list[Sentence]], sp: Specials, *,
-                            max_seq_length: int) -> list[Instance]:
+def full_sentence_instances(docs: list[list[Sentence]], sp: Specials, *, max_seq_length: int,
+                            cross_documents: bool = True) -> list[Instance]:
   """RoBERTa FULL-SENTENCES: blocks of whole sentences up to the length, crossing documents
-  with a separator token; over-long sentences are split."""
+  with a separator token; over-long sentences are split. ``cross_documents=False`` is
+  DOC-SENTENCES (SpanBERT's ``break_mode=doc``): a block never leaves its document."""
   budget = max_seq_length - 2
   out: list[Instance] = []
   block: list[Sentence] = []
@@ -156,7 +157,7 @@ def full_sentence_instances(docs: list[list[Sentence]], sp: Specials, *,
   sep = (np.array([sp.sep], np.int32), np.array([True]))
   for d, doc in enumerate(docs):
     if d and size:
-      if size + 1 > budget:
+      if size + 1 > budget or not cross_documents:
         emit()
       else:
         block.append(sep)

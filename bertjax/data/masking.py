@@ -124,11 +124,23 @@ def span_lengths_distribution(spec: SpanSpec) -> np.ndarray:
   return p / p.sum()
 
 
+def unigram_cdf(counts: np.ndarray) -> np.ndarray:
+  """Token counts -> the cumulative distribution ``sample_tokens`` draws from."""
+  cdf = np.cumsum(np.asarray(counts, np.float64))
+  return cdf / cdf[-1]
+
+
+def sample_tokens(cdf: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """``size`` token ids drawn from the distribution of ``cdf`` (inverse transform)."""
+  return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(cdf) - 1)
+
+
 def span_mask_instance(x: Instance, spec: MaskingSpec, span: SpanSpec, rng: np.random.Generator,
                        unigram: np.ndarray | None = None):
   """-> (ids, positions, labels, weights, sbo): ``sbo`` holds, per predicted slot, the left and
   right boundary positions, the position within its span and a weight (0 for spans touching
-  the sequence edges or beyond max_targets)."""
+  the sequence edges or beyond max_targets). ``unigram``: the training corpus's token cdf
+  (``unigram_cdf``) that random replacements are drawn from; None = uniform over the vocab."""
   n = len(x.ids)
   inner = np.flatnonzero(~x.special)
   budget = min(spec.max_predictions, math.ceil(len(inner) * spec.mask_rate))
@@ -164,7 +176,7 @@ def span_mask_instance(x: Instance, spec: MaskingSpec, span: SpanSpec, rng: np.r
       ids[start:end] = spec.mask_id
     elif r < spec.mask_token_prob + spec.random_token_prob:
       size = end - start
-      ids[start:end] = (rng.choice(unigram, size) if unigram is not None
+      ids[start:end] = (sample_tokens(unigram, size, rng) if unigram is not None
                         else rng.integers(0, spec.vocab_size, size))
   positions = np.flatnonzero(chosen)[:spec.max_predictions]
   p = spec.max_predictions

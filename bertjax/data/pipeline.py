@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from bertjax.config import DataConfig
-from bertjax.data.masking import MaskingSpec, SpanSpec, mask_instance, span_mask_instance
+from bertjax.data.masking import (MaskingSpec, SpanSpec, mask_instance, span_mask_instance,
+                                  unigram_cdf)
 from bertjax.data.tokenizer import Tokenizer
 
 _FOREVER = 2**40
@@ -62,12 +63,11 @@ class MakeExample:
   """(epoch, example) -> padded, masked numpy features. Picklable for grain worker processes."""
 
   def __init__(self, store, spec: MaskingSpec, max_seq_length: int, pad_id: int, seed: int,
-               dynamic: bool, span: SpanSpec | None = None):
+               dynamic: bool, span: SpanSpec | None = None, unigram: np.ndarray | None = None):
     self.store, self.spec, self.length = store, spec, max_seq_length
     self.pad_id, self.seed, self.dynamic, self.span = pad_id, seed, dynamic, span
-    # SpanBERT draws random replacements from the corpus unigram distribution
-    self.unigram = (store.ids[~store.special] if span is not None and hasattr(store, "special")
-                    else None)
+    # SpanBERT draws random replacements from the training corpus's unigram distribution
+    self.unigram = unigram_cdf(unigram) if span is not None and unigram is not None else None
 
   def __call__(self, item: tuple[int, int]) -> dict[str, np.ndarray]:
     epoch, example = item
@@ -101,9 +101,10 @@ class MakeExample:
 
 
 def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size: int, pad_id: int,
-                 shuffle: bool = True, seed_offset: int = 0,
-                 sbo_max_targets: int = 15) -> grain.IterDataset:
-  """This process's rows of every global batch (see ``EpochSampler``)."""
+                 shuffle: bool = True, seed_offset: int = 0, sbo_max_targets: int = 15,
+                 unigram: np.ndarray | None = None) -> grain.IterDataset:
+  """This process's rows of every global batch (see ``EpochSampler``). ``unigram``: the
+  training tokens' counts (span masking draws its random tokens from them)."""
   sampler = EpochSampler(len(store), cfg.seed + seed_offset, shuffle=shuffle,
                          local_batch=local_batch_size, process_index=jax.process_index(),
                          process_count=jax.process_count())
@@ -111,7 +112,7 @@ def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size:
   span = (SpanSpec(cfg.span_geometric_p, cfg.span_max_words, sbo_max_targets)
           if cfg.masking == "span" else None)
   ds = ds.map(MakeExample(store, spec, cfg.max_seq_length, pad_id, cfg.seed + seed_offset,
-                          cfg.dynamic_masking or not shuffle, span))
+                          cfg.dynamic_masking or not shuffle, span, unigram))
   ds = ds.batch(local_batch_size, drop_remainder=True)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
   if cfg.num_workers > 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bertjax.config import DataConfig, to_dict
-from bertjax.data.corpus import META, load_corpus
+from bertjax.data.corpus import META, UNIGRAM, load_corpus
 from bertjax.data.instances import InstanceStore, serialize
 
 
@@ -48,6 +48,7 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int = 4) -> P
             "num_train": len(corpus.train), "num_eval": len(corpus.eval),
             "train_tokens": corpus.train.num_tokens}
     corpus.tokenizer.save(tmp / "tokenizer")
+    np.save(tmp / UNIGRAM, corpus.unigram)  # SpanBERT's random replacements need the counts
     (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
     tmp.rename(out)
   except BaseException:

@@ -45,11 +45,19 @@ def config_from_hf(d):
       local_window=d.get("local_attention", 128) // 2, global_every=_global_every(layer_types),
       hidden_dropout=float(d.get("mlp_dropout", 0.0)),
       attention_dropout=float(d.get("attention_dropout", 0.0)),
+      attention_output_dropout=float(d.get("attention_dropout", 0.0)),  # one HF rate for both
+      embedding_dropout=float(d.get("embedding_dropout", 0.0)),
       initializer_range=float(d.get("initializer_range", 0.02)),
       tie_word_embeddings=bool(d.get("tie_word_embeddings", True)))
 
 
 def config_to_hf(cfg):
+  output_rate = (cfg.attention_output_dropout if cfg.attention_output_dropout is not None
+                 else cfg.hidden_dropout)
+  if not cfg.mlp_dropout_inside or output_rate != cfg.attention_dropout:
+    raise ConfigError("ModernBERT drops inside its MLP and its attention output at "
+                      "attention_dropout: set model.mlp_dropout_inside=true and "
+                      "model.attention_output_dropout=model.attention_dropout to export")
   layer_types = ["sliding_attention" if cfg.is_local_layer(i) else "full_attention"
                  for i in range(cfg.num_layers)]
   return dict(
@@ -69,8 +77,9 @@ def config_to_hf(cfg):
       rope_parameters={"full_attention": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
                        "sliding_attention": {"rope_theta": cfg.local_rope_theta or cfg.rope_theta,
                                              "rope_type": "default"}},
-      embedding_dropout=cfg.hidden_dropout, mlp_dropout=cfg.hidden_dropout,
-      attention_dropout=cfg.attention_dropout, initializer_range=cfg.initializer_range,
+      embedding_dropout=(cfg.embedding_dropout if cfg.embedding_dropout is not None
+                         else cfg.hidden_dropout),
+      mlp_dropout=cfg.hidden_dropout, attention_dropout=cfg.attention_dropout, initializer_range=cfg.initializer_range,
       tie_word_embeddings=cfg.tie_word_embeddings)
 
 

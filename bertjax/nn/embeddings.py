@@ -44,7 +44,8 @@ class Embeddings(nnx.Module):
     self.token_type = (Embed(cfg.type_vocab_size, e, axes=("type", "embed"), **kw)
                        if cfg.type_vocab_size else None)
     self.norm = make_norm(cfg, e) if cfg.embedding_norm else None
-    self.dropout_rate = cfg.hidden_dropout
+    self.dropout_rate = (cfg.embedding_dropout if cfg.embedding_dropout is not None
+                         else cfg.hidden_dropout)
 
   def __call__(self, input_ids, *, positions, token_type_ids=None, dropout_key=None):
     x = self.word(input_ids)

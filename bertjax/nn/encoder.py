@@ -32,7 +32,12 @@ class Block(nnx.Module):
     self.mlp = Mlp(cfg, rngs=rngs)
     self.mlp_norm = make_norm(cfg)
     self.pre_norm = cfg.norm_position == "pre"
-    self.dropout_rate = cfg.hidden_dropout
+    # dropout sites and rates (ModelConfig: embedding_dropout .. mlp_dropout_inside)
+    self.attention_output_rate = (cfg.attention_output_dropout
+                                  if cfg.attention_output_dropout is not None
+                                  else cfg.hidden_dropout)
+    self.mlp_rate = cfg.hidden_dropout
+    self.mlp_dropout_inside = cfg.mlp_dropout_inside
     self.window = cfg.local_window if cfg.is_local_layer(layer) else None
     self.theta = cfg.layer_theta(layer) if cfg.position_embedding == "rope" else None
 
@@ -41,15 +46,20 @@ class Block(nnx.Module):
     attn_kw = dict(window=self.window, dropout_key=k_attn)
     if self.theta is not None:
       attn_kw["rope"] = functools.partial(apply_rope, positions=positions, theta=self.theta)
+    attention = lambda h: dropout(self.attention(h, mask, **attn_kw), self.attention_output_rate,
+                                  k_attn_out)
     if self.pre_norm:
-      h = self.attention_norm(x) if self.attention_norm is not None else x
-      x = x + dropout(self.attention(h, mask, **attn_kw), self.dropout_rate, k_attn_out)
-      x = x + dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, k_mlp)
+      x = x + attention(self.attention_norm(x) if self.attention_norm is not None else x)
+      x = x + self._mlp(self.mlp_norm(x), k_mlp)
     else:
-      x = self.attention_norm(
-          x + dropout(self.attention(x, mask, **attn_kw), self.dropout_rate, k_attn_out))
-      x = self.mlp_norm(x + dropout(self.mlp(x), self.dropout_rate, k_mlp))
+      x = self.attention_norm(x + attention(x))
+      x = self.mlp_norm(x + self._mlp(x, k_mlp))
     return sharding.constrain(x, ("batch", "length", "act_embed"))
+
+  def _mlp(self, x: jax.Array, key) -> jax.Array:
+    if self.mlp_dropout_inside:
+      return self.mlp(x, self.mlp_rate, key)
+    return dropout(self.mlp(x), self.mlp_rate, key)
 
 
 class EncoderOutput(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from bertjax.nn.layers import ACTIVATIONS, Dense, dtypes
+from bertjax.nn.layers import ACTIVATIONS, Dense, dropout, dtypes
 
 
 class Mlp(nnx.Module):
@@ -19,8 +19,9 @@ class Mlp(nnx.Module):
     self.wo = Dense(f, h, axes=("mlp", "embed"), **kw)
     self.act = cfg.hidden_act
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, dropout_rate: float = 0.0, dropout_key=None) -> jax.Array:
+    """``dropout_rate``: dropout on the activations before W_o (ModernBERT's MLP dropout)."""
     y = ACTIVATIONS[self.act](self.wi(x))
     if self.wi_gate is not None:
       y = y * self.wi_gate(x)
-    return self.wo(y)
+    return self.wo(dropout(y, dropout_rate, dropout_key))

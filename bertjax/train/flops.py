@@ -1,12 +1,17 @@
-"""Model FLOPs for MFU (MaxText convention: 6 x matmul FLOPs per token for forward+backward,
-attention scores and values included, embedding lookups excluded)."""
+"""Model FLOPs for MFU (MaxText convention: matmul FLOPs, attention scores and values
+included, embedding lookups excluded; forward + backward = 3 x forward). The MFU metric counts
+every matmul FLOP the step executes: for ELECTRA the generator as well as the discriminator,
+for distillation the frozen teacher's forward pass as well as the student's. Recomputation
+(remat) is not counted: it is model FLOPs, not hardware FLOPs."""
 
 from __future__ import annotations
 
-from bertjax.config import ModelConfig
+from bertjax.config import ExperimentConfig, ModelConfig
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, mlm_fraction: float) -> float:
+  """One forward pass, per token: the encoder, the MLM head on ``mlm_fraction`` of the tokens
+  (logits only at masked positions, or at every token), ELECTRA's replaced-token head."""
   h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
   n, kv, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
   proj = h * (n + 2 * kv) * d + n * d * h  # q, k, v, out
@@ -15,10 +20,31 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: i
   forward = layers * per_layer
   if cfg.embed_size != h:
     forward += 2 * cfg.embed_size * h
-  if "mlm" in cfg.heads:  # transform + decoder, only at the predicted positions
+  if "mlm" in cfg.heads:  # transform + decoder
     e = cfg.embed_size
-    forward += (2 * (h * e + e * cfg.vocab_size)) * predictions_per_seq / seq_len
-  return 3.0 * forward
+    forward += 2 * ((h * e if cfg.mlm_transform else 0) + e * cfg.vocab_size) * mlm_fraction
+  if "rtd" in cfg.heads:  # dense + 1-unit prediction at every token
+    forward += 2 * (h * h + h)
+  return forward
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
+  """Forward + backward of one model trained with MLM at ``predictions_per_seq`` positions."""
+  return 3.0 * forward_flops_per_token(cfg, seq_len, predictions_per_seq / seq_len)
+
+
+def step_flops_per_token(cfg: ExperimentConfig, teacher: ModelConfig | None = None) -> float:
+  """Every matmul FLOP one pretraining step executes, per token, for its objective."""
+  seq, preds = cfg.data.max_seq_length, cfg.data.max_predictions_per_seq
+  if cfg.objective == "electra":  # discriminator on every token + generator at masked positions
+    return (3.0 * forward_flops_per_token(cfg.model, seq, 0.0)
+            + train_flops_per_token(cfg.model.generator(), seq, preds))
+  if cfg.objective == "distill":  # the student's and the teacher's logits at every token
+    if teacher is None:
+      raise ValueError("distillation FLOPs need the teacher's config")
+    return (3.0 * forward_flops_per_token(cfg.model, seq, 1.0)
+            + forward_flops_per_token(teacher, seq, 1.0))
+  return train_flops_per_token(cfg.model, seq, preds)
 
 
 # bf16 peak FLOP/s per chip (MaxText's MFU denominators).

@@ -25,7 +25,7 @@ from bertjax.objectives import check_objective, make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
 from bertjax.params import assign_flat_params, flat_params, flat_shapes
 from bertjax.train.engine import build_engine, run_steps, to_host
-from bertjax.train.flops import peak_flops_per_device, train_flops_per_token
+from bertjax.train.flops import peak_flops_per_device, step_flops_per_token
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
 from bertjax.train.run_dir import check_run_dir_path, claim_run_dir
@@ -68,7 +68,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   local_bs = cfg.train.batch_size // jax.process_count()
   spec = masking_spec(cfg.data, corpus.tokenizer)
   pad = corpus.tokenizer.pad_id
-  sbo = dict(sbo_max_targets=cfg.model.sbo_max_targets)
+  sbo = dict(sbo_max_targets=cfg.model.sbo_max_targets, unigram=corpus.unigram)
   train_iter = iter(make_dataset(corpus.train, spec, cfg.data, local_batch_size=local_bs,
                                  pad_id=pad, shuffle=True, **sbo))
   eval_count = min(cfg.train.eval_batches, max(1, len(corpus.eval) // cfg.train.batch_size))
@@ -109,8 +109,8 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
       return objective.finalize(to_host(sums))
 
     tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
-    flops_per_step = tokens_per_step * train_flops_per_token(
-        cfg.model, cfg.data.max_seq_length, cfg.data.max_predictions_per_seq)
+    teacher_cfg = read_model_config(cfg.distill.teacher) if cfg.objective == "distill" else None
+    flops_per_step = tokens_per_step * step_flops_per_token(cfg, teacher_cfg)
     peak = (cfg.train.peak_flops_per_device or peak_flops_per_device()) * jax.device_count()
 
     result = run_steps(
