@@ -7,6 +7,8 @@ import json
 import pytest
 import transformers as T
 
+from bertjax.data.corpus import SHIPPED_TOKENIZERS
+from bertjax.data.sources import CORPUS_DIR
 from bertjax.data.tokenizer import Tokenizer, TokenizerError
 from bertjax.data.train_tokenizer import train_tokenizer
 
@@ -139,3 +141,66 @@ def test_trained_files_load_in_transformers(wordpiece, spm):
   assert cfg["tokenizer_class"] == "BertTokenizer"
   hf = T.AutoTokenizer.from_pretrained(wordpiece)
   assert hf("the waters")["input_ids"] == Tokenizer.from_dir(wordpiece).encode("the waters").ids
+
+
+def _byte_level_tokenizer(folder, style: str):
+  """A ModernBERT-style (GPT-NeoX: byte-level BPE, [CLS]/[SEP]) or EuroBERT-style (Llama 3:
+  regex split + byte-level BPE, <|begin_of_text|>) tokenizer.json over the shipped BPE vocab."""
+  from tokenizers import Regex, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers
+  from tokenizers import processors
+
+  src = CORPUS_DIR / SHIPPED_TOKENIZERS["corpus-bpe"]
+  vocab = json.loads((src / "vocab.json").read_text())
+  merges = [tuple(line.split()) for line in (src / "merges.txt").read_text().splitlines()[1:]
+            if line.strip()]
+  tok = RustTokenizer(models.BPE(vocab=vocab, merges=merges))
+  if style == "modernbert":
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    specials = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                    mask_token="[MASK]", unk_token="[UNK]")
+  else:
+    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+             r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    specials = dict(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+                    cls_token="<|begin_of_text|>", sep_token="<|end_of_text|>",
+                    pad_token="<|pad|>", mask_token="<|mask|>")
+  tok.add_special_tokens(sorted(set(specials.values())))
+  cls, sep = specials["cls_token"], specials["sep_token"]
+  tok.post_processor = processors.TemplateProcessing(
+      single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B {sep}",
+      special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+  tok.decoder = decoders.ByteLevel()
+  folder.mkdir()
+  tok.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(json.dumps(
+      dict(tokenizer_class="PreTrainedTokenizerFast", **specials)))
+  return folder
+
+
+@pytest.mark.parametrize("style", ["roberta", "modernbert", "eurobert"])
+def test_pre_split_words_match_transformers_is_split_into_words(style, tmp_path):
+  """NER features tokenize each word as transformers' fast tokenizers do with
+  is_split_into_words=True -- token ids and each word's first token. RoBERTa's tokenizer needs
+  (and gets) add_prefix_space=True: every word in its running-text form ("Ġword"); transformers
+  5 tokenizes ModernBERT/EuroBERT-style words as they are (add_prefix_space has no effect there)."""
+  from bertjax.tasks.features import token_features
+
+  if style == "roberta":
+    folder, kw = CORPUS_DIR / SHIPPED_TOKENIZERS["corpus-bpe"], {"add_prefix_space": True}
+  else:
+    folder, kw = _byte_level_tokenizer(tmp_path / style, style), {}
+  ours = Tokenizer.from_dir(folder)
+  hf = T.AutoTokenizer.from_pretrained(str(folder), **kw)
+  sentences = [["Elizabeth", "Bennet", "went", "to", "London", "'s", "docks", "."],
+               ["Café", "naïve", "co-operate", "U.S.", "2026", "1,000", "don't", "Émile"],
+               ["a", "b", "..."]]
+  feats, starts = token_features([{"tokens": s, "tags": None} for s in sentences], ours, ("O",),
+                                 64)
+  for i, words in enumerate(sentences):
+    enc = hf(words, is_split_into_words=True)
+    n = int(feats["padding_mask"][i].sum())
+    assert feats["input_ids"][i][:n].tolist() == enc["input_ids"]
+    assert starts[i].tolist() == [enc.word_ids().index(w) for w in range(len(words))]
