@@ -7,6 +7,10 @@ class UserError(ValueError):
   """Base of every error a user can cause; the message is one line."""
 
 
+class ConfigError(UserError):
+  """A bad config key or value; the message is one line and names the field."""
+
+
 class RunDirError(UserError):
   """A run folder that can't be used as asked: another live run holds it, or it holds a run
   with another setup."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bertjax.config.schema import ConfigError
+from bertjax.errors import ConfigError
 
 # BERT (Devlin et al. 2018): post-LN, exact GELU in HF (tanh in the TF original), LN eps 1e-12,
 # learned absolute positions, 2 token types, tanh pooler, MLM (tied) + NSP heads.

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from bertjax.config.schema import (CheckpointConfig, ConfigError, MeshConfig, OptimConfig,
-                                   check_cadences, check_microbatches)
+from bertjax.config.schema import (CheckpointConfig, MeshConfig, OptimConfig, check_cadences,
+                                   check_microbatches)
+from bertjax.errors import ConfigError
 
 TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
 

@@ -23,7 +23,9 @@ import yaml
 from bertjax.config.families import family_defaults
 from bertjax.config.finetune import FinetuneConfig
 from bertjax.config.presets import find_preset
-from bertjax.config.schema import ConfigError, ExperimentConfig, ModelConfig
+from bertjax.config.model import ModelConfig
+from bertjax.config.schema import ExperimentConfig
+from bertjax.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from bertjax.config.schema import ConfigError
+from bertjax.errors import ConfigError
 
 
 def presets_dir() -> Path:
