@@ -133,6 +133,32 @@ def _prepare_data(args) -> None:
   print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
 
 
+def _compile(args) -> int:
+  import os
+
+  # a CPU process compiling for TPU: the default backend stays the CPU (the TPU devices are
+  # compile-only), and libtpu neither asks a metadata server nor takes its single-user lock
+  for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+    os.environ.setdefault(key, value)
+  import jax
+
+  jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+  from bertjax.config import experiment_config
+  from bertjax.train.aot import advice, compile_pretraining, format_report
+
+  preset, overrides = _preset_and_overrides(args.args)
+  report = compile_pretraining(experiment_config(preset, overrides), args.topology,
+                               slices=args.slices, save=args.save)
+  if args.json:
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+  print(format_report(report))
+  if not report["fits"]:
+    print(f"bertjax compile: {advice(report)}", file=sys.stderr)
+    return 1
+  return 0
+
+
 def _preset_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
   if items and "=" not in items[0]:
     return items[0], items[1:]
@@ -167,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="call jax.distributed.initialize() first (multi-host TPU pods)")
   s.add_argument("--allow-config-change", action="store_true", help=_ALLOW_HELP)
   s.set_defaults(func=_pretrain)
+
+  s = sub.add_parser("compile", help="compile the pretraining step for a Cloud TPU topology "
+                     "(no TPU needed): memory per chip, fits or not, FLOPs, roofline MFU")
+  s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
+  s.add_argument("--topology", required=True,
+                 help="v5e-16 / v5litepod-16, v5p-128, v4-32, v6e-64, or GEN:SHAPE (v5e:4x4)")
+  s.add_argument("--slices", type=_positive, default=1, help="multislice: number of slices")
+  s.add_argument("--json", help="write the report to this JSON file")
+  s.add_argument("--save", help="write the serialized TPU executable to this file")
+  s.set_defaults(func=_compile)
 
   s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")
   s.add_argument("task", metavar="TASK_YAML", help="configs/tasks preset name or YAML path")
@@ -243,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = lambda message, *_, **__: print(
         f"bertjax {args.command}: warning: {message}", file=sys.stderr)
     try:
-      args.func(args)
+      code = args.func(args) or 0
     except (UserError, FileExistsError, FileNotFoundError, IsADirectoryError,
             NotADirectoryError, PermissionError) as e:
       return _fail(args.command, e)
@@ -253,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
       return _fail(args.command, f"no space left on device ({full}); free some space and "
                                  "run the same command again")
-  return 0
+  return code
 
 
 def _fail(command: str, message) -> int:

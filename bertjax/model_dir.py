@@ -21,7 +21,7 @@ from bertjax import sharding
 from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict, load_yaml, to_dict
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.models import Model
-from bertjax.params import assign_flat_params, flat_params
+from bertjax.params import assign_flat_params, flat_params, leaf_name, with_values
 
 
 def _nest(flat: dict[str, np.ndarray]) -> dict:
@@ -115,10 +115,47 @@ def load_model_dir(path: str | Path, *, mesh=None,
   if overrides:
     cfg = dataclasses.replace(cfg, **overrides)
   make = lambda: Model(cfg, rngs=nnx.Rngs(0))
-  sharded = mesh is not None or sharding.active_mesh() is not None
-  model = sharding.create_sharded(make, mesh) if sharded else make()
+  if mesh is not None or sharding.active_mesh() is not None:
+    graphdef, abstract = sharding.abstract_model(make, mesh)
+    return nnx.merge(graphdef, restore_params(path, abstract)), read_tokenizer(path)
+  model = make()
   assign_flat_params(model, read_model_params(path))
   return model, read_tokenizer(path)
+
+
+def restore_params(path: str | Path, abstract_state, *, only: set[str] | None = None):
+  """A model folder's parameters read straight into ``abstract_state``'s shardings and dtypes
+  (``sharding.abstract_model``): each process reads only the shards it holds; nothing is
+  initialised first or gathered on a host. ``only``: restore just these names (the rest of the
+  returned state stays abstract). Shapes are checked against the folder's metadata first."""
+  params = _params_dir(path)
+  saved = read_param_shapes(path)
+  wanted = {}
+
+  def collect(p, var):
+    name = leaf_name(p)
+    if only is None or name in only:
+      wanted[name] = var.get_value()
+    return var
+
+  jax.tree_util.tree_map_with_path(collect, abstract_state,
+                                   is_leaf=lambda x: isinstance(x, nnx.Variable))
+  bad = sorted(n for n, a in wanted.items() if saved.get(n) != tuple(a.shape))
+  if bad:
+    n = bad[0]
+    raise ConfigError(f"{params.parent}: parameter {n} is "
+                      f"{'missing' if n not in saved else saved[n]}, the model needs "
+                      f"{tuple(wanted[n].shape)} ({len(bad)} such)")
+  target = _nest({n: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding)
+                  for n, a in wanted.items()})
+  try:
+    with ocp.PyTreeCheckpointer() as ckpt:  # partial_restore: a subset of the saved tree
+      restored = _flatten(ckpt.restore(params, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))
+  except Exception as e:
+    raise _unreadable(params, e) from None
+  return with_values(abstract_state, {n: restored[n] for n in wanted}, strict=False)
 
 
 def read_model_params(path: str | Path) -> dict[str, np.ndarray]:

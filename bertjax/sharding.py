@@ -124,13 +124,32 @@ def state_shardings(state, mesh: Mesh | None = None):
   return jax.tree.map(one, state, is_leaf=_is_var)
 
 
+def abstract_model(make_model, mesh: Mesh | None = None):
+  """``make_model()``'s graph and state without allocating anything: (graphdef, state) whose
+  leaves are ``jax.ShapeDtypeStruct``s carrying their NamedShardings on ``mesh``. Runs nothing
+  on any device, so it works on compile-only TPU meshes too."""
+  graphdef, state = nnx.split(nnx.eval_shape(make_model))
+  return graphdef, jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), state,
+      state_shardings(state, mesh))
+
+
+def shardings_of(abstract):
+  """The NamedShardings of an abstract tree (``abstract_model``'s state, a train state)."""
+  return jax.tree.map(lambda a: a.sharding, abstract)
+
+
+def materialize(make_model, abstract_state):
+  """The state of a fresh ``make_model()``, initialised by one jitted program straight into
+  ``abstract_state``'s shardings (no host copy, no unsharded intermediate)."""
+  return jax.jit(lambda: nnx.split(make_model())[1],
+                 out_shardings=shardings_of(abstract_state))()
+
+
 def create_sharded(make_model, mesh: Mesh | None = None):
   """Build ``make_model()`` directly sharded: abstract init -> shardings -> jitted init."""
-  abstract = nnx.eval_shape(make_model)
-  graphdef, abstract_state = nnx.split(abstract)
-  shardings = state_shardings(abstract_state, mesh)
-  state = jax.jit(lambda: nnx.split(make_model())[1], out_shardings=shardings)()
-  return nnx.merge(graphdef, state)
+  graphdef, abstract = abstract_model(make_model, mesh)
+  return nnx.merge(graphdef, materialize(make_model, abstract))
 
 
 def batch_sharding(mesh: Mesh | None = None, ndim: int = 2) -> NamedSharding:

@@ -8,13 +8,13 @@ from bertjax.config.finetune import (MAIN_METRIC, METRICS, FinetuneConfig, Finet
 from bertjax.config.loader import (apply_overrides, experiment_config, finetune_config, from_dict,
                                    load, load_yaml, model_config, to_dict)
 from bertjax.config.presets import find_preset, presets_dir
-from bertjax.config.model import PRETRAINING_HEADS, TASK_HEADS, ModelConfig
+from bertjax.config.model import CHECKPOINT_NAMES, PRETRAINING_HEADS, TASK_HEADS, ModelConfig
 from bertjax.config.schema import (CheckpointConfig, DataConfig, DistillConfig, ExperimentConfig,
                                    MeshConfig, OptimConfig, TrainConfig, check_microbatches)
 from bertjax.errors import ConfigError
 
 __all__ = [
-    "MAIN_METRIC", "METRICS", "PRETRAINING_HEADS", "TASK_HEADS", "CheckpointConfig", "ConfigError",
+    "CHECKPOINT_NAMES", "MAIN_METRIC", "METRICS", "PRETRAINING_HEADS", "TASK_HEADS", "CheckpointConfig", "ConfigError",
     "DataConfig", "DistillConfig", "ExperimentConfig", "FinetuneConfig", "FinetuneTrainConfig",
     "MeshConfig", "ModelConfig", "OptimConfig", "QaConfig", "TaskDataConfig", "TaskType",
     "TrainConfig", "apply_overrides", "check_microbatches", "experiment_config", "families",

@@ -11,6 +11,9 @@ from bertjax.errors import ConfigError
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
 PRETRAINING_HEADS = ("mlm", "nsp", "sop", "rtd", "sbo")
 TASK_HEADS = ("classifier", "token_classifier", "qa")  # fine-tuning: at most one per model
+# Activations a block tags with ``checkpoint_name`` (nn/attention.py, nn/mlp.py): what the
+# ``names`` / ``offload`` remat policies may keep instead of recomputing.
+CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out", "mlp_in", "mlp_act")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,15 @@ class ModelConfig:
   attention_impl: Literal["auto", "einsum", "xla", "local", "splash"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"
+  # How the layers run (not what they compute; parameters are stored per layer either way).
+  # scan_layers: one traced block under lax.scan per run of identical layers (ModernBERT: per
+  # global/local period), so compile time and code size stop growing with depth.
+  # remat: what the backward pass recomputes instead of keeping -- none; full (everything);
+  # dots (keeps matmul outputs without batch dims); names (keeps only remat_names);
+  # offload (moves remat_names to host memory, TPU/GPU).
+  scan_layers: bool = False
+  remat: Literal["none", "full", "dots", "names", "offload"] = "none"
+  remat_names: tuple[str, ...] = ("query_proj", "key_proj", "value_proj", "attention_out")
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -148,6 +160,10 @@ class ModelConfig:
       raise ConfigError(f"model.local_window must be >= 1, got {self.local_window}")
     if self.global_every < 1:
       raise ConfigError(f"model.global_every must be >= 1, got {self.global_every}")
+    bad = set(self.remat_names) - set(CHECKPOINT_NAMES)
+    if bad:
+      raise ConfigError(f"model.remat_names has unknown name(s) {sorted(bad)}; use "
+                        f"{', '.join(CHECKPOINT_NAMES)}")
     if not 0.0 <= self.generator_width_fraction <= 1.0:
       raise ConfigError(f"model.generator_width_fraction must be in [0, 1], got "
                         f"{self.generator_width_fraction}")

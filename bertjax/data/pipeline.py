@@ -15,6 +15,7 @@ import numpy as np
 from bertjax.config import DataConfig
 from bertjax.data.masking import (MaskingSpec, SpanSpec, mask_instance, span_mask_instance,
                                   unigram_cdf)
+from bertjax.data.instances import Instance
 from bertjax.data.tokenizer import Tokenizer
 
 _FOREVER = 2**40
@@ -123,3 +124,24 @@ def make_dataset(store, spec: MaskingSpec, cfg: DataConfig, *, local_batch_size:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
   return it
 
+
+
+def batch_spec(cfg: DataConfig, *, batch_size: int, vocab_size: int, mask_id: int = 4,
+               sbo_max_targets: int = 15) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{input name: (global shape, dtype)} of the batches ``make_dataset`` yields for ``cfg``,
+  without any data: one synthetic instance goes through the same ``MakeExample``."""
+  n = cfg.max_seq_length
+  ids = (np.arange(n) % max(vocab_size - 8, 1) + 8).astype(np.int32)
+  packed = cfg.instances == "packed"
+  x = Instance(ids=ids, word_start=np.ones(n, bool), type_ids=np.zeros(n, np.int8),
+               special=np.zeros(n, bool), label=0,
+               segment_ids=np.ones(n, np.int16) if packed else None)
+  spec = MaskingSpec(mask_id=mask_id, vocab_size=vocab_size, mask_rate=cfg.mask_rate,
+                     mask_token_prob=cfg.mask_token_prob, random_token_prob=cfg.random_token_prob,
+                     max_predictions=cfg.max_predictions_per_seq,
+                     whole_word=cfg.whole_word_masking,
+                     ngram=cfg.ngram_max if cfg.masking == "ngram" else 1)
+  span = (SpanSpec(cfg.span_geometric_p, cfg.span_max_words, sbo_max_targets)
+          if cfg.masking == "span" else None)
+  example = MakeExample([x], spec, n, 0, 0, True, span, np.ones(vocab_size))((0, 0))
+  return {k: ((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()}

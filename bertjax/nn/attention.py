@@ -17,12 +17,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bertjax.errors import UserError
 from bertjax.nn import splash
 from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class AttentionMask:
   """Which keys each query may see. All fields optional; ``None`` everywhere = full attention.
@@ -140,14 +142,18 @@ class Attention(nnx.Module):
     """x: [batch, len, hidden]. ``window``: local attention half-width; ``rope``: a function
     applied to queries and keys ([batch, len, heads, head_dim])."""
     q, k, v = self.query(x), self.key(x), self.value(x)  # [batch, len, heads, head_dim]
+    # names the remat policies can keep (config: model.remat_names)
+    q, k, v = (checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"),
+               checkpoint_name(v, "value_proj"))
     if rope is not None:
       q, k = rope(q), rope(k)
     t = x.shape[1]
     active_dropout = dropout_key is not None and self.dropout_rate > 0
     impl = self.impl
     if impl == "auto":
-      # TPU: the Pallas splash kernel; elsewhere block-local when a window is much shorter
-      # than the sequence (no [len, len] scores), else the fused XLA path.
+      # TPU (the mesh's devices, compile-only ones too): the Pallas splash kernel; elsewhere
+      # block-local when a window is much shorter than the sequence (no [len, len] scores),
+      # else the fused XLA path.
       if not active_dropout and splash.on_tpu() and splash.supported(t):
         impl = "splash"
       else:
@@ -171,4 +177,4 @@ class Attention(nnx.Module):
     else:
       out = einsum_attention(q, k, v, mask.dense(t, t, window), scale=self.scale,
                              dropout_rate=self.dropout_rate, dropout_key=dropout_key)
-    return self.out(out)
+    return self.out(checkpoint_name(out, "attention_out"))

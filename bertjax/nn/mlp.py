@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from bertjax.nn.layers import ACTIVATIONS, Dense, dropout, dtypes
 
@@ -21,7 +22,7 @@ class Mlp(nnx.Module):
 
   def __call__(self, x: jax.Array, dropout_rate: float = 0.0, dropout_key=None) -> jax.Array:
     """``dropout_rate``: dropout on the activations before W_o (ModernBERT's MLP dropout)."""
-    y = ACTIVATIONS[self.act](self.wi(x))
+    y = ACTIVATIONS[self.act](checkpoint_name(self.wi(x), "mlp_in"))
     if self.wi_gate is not None:
       y = y * self.wi_gate(x)
-    return self.wo(dropout(y, dropout_rate, dropout_key))
+    return self.wo(dropout(checkpoint_name(y, "mlp_act"), dropout_rate, dropout_key))

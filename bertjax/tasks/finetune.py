@@ -30,7 +30,6 @@ from bertjax.data.tokenizer import Tokenizer
 from bertjax.model_dir import load_model_dir, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
-from bertjax.params import assign_flat_params
 from bertjax.tasks.data import SplitData, encode, evaluate_logits, load_split
 from bertjax.tasks.formats import check_labels, infer_labels, read_split
 from bertjax.tasks.serve import Predictor
@@ -134,14 +133,16 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
 
   with open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet,
                 label=f"finetune seed {seed}", stop_event=stop_event) as run:
-    model = sharding.create_sharded(lambda: Model(model_cfg, rngs=nnx.Rngs(seed)))
-    assign_flat_params(model, params, strict=False)  # the head (and a new pooler) stay fresh
-    engine = build_engine(model, objective, tx, seed=seed, example_batch=example,
-                          grad_accum_steps=tc.grad_accum_steps, lr_schedule=lr,
-                          max_skips=tc.max_skips)
-    del model
+    make = lambda: Model(model_cfg, rngs=nnx.Rngs(seed))
+    graphdef, abstract_params = sharding.abstract_model(make)
+    engine = build_engine(graphdef, abstract_params, objective, tx, seed=seed,
+                          example_batch=example, grad_accum_steps=tc.grad_accum_steps,
+                          lr_schedule=lr, max_skips=tc.max_skips)
     predictor = Predictor(engine.graphdef, tc.eval_batch_size, example)
-    start = run.restore(engine, batches) or 0
+    start = run.restore(engine, batches)
+    if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
+      engine.init(make, values=params)
+    start = start or 0
     best = json.loads(best_file.read_text()) if best_file.exists() else {}
 
     def evaluate(step: int) -> bool:

@@ -1,7 +1,9 @@
 """The training engine shared by pretraining and fine-tuning.
 
-``build_engine``: a sharded model + an objective + an optimizer -> the train state laid out on
-the active mesh and the one jitted, donated step. ``run_steps``: the step loop inside a run
+``build_engine``: an abstract sharded model + an objective + an optimizer -> the train state's
+layout on the active mesh and the one jitted, donated step, planned from shapes alone (nothing
+is allocated: the same plan compiles for a TPU pod from a CPU machine); ``Engine.init`` /
+``init_from`` or a checkpoint restore materialises the state. ``run_steps``: the step loop inside a run
 (``train/run.py``) -- metrics read one step late (the host never waits on the step it just
 dispatched), periodic evaluation through a callback, Orbax checkpoints with the data iterator,
 ``run.stop`` (SIGTERM) -> save and stop.
@@ -21,21 +23,30 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import sharding
 from bertjax.errors import NonFiniteError
+from bertjax.params import with_values
 from bertjax.train.run import Run
 from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass
 class Engine:
+  """The jitted steps and everything they need, planned from shapes alone; ``state`` stays
+  None until ``init`` / ``init_from`` (or a checkpoint restore) materialises it."""
   mesh: jax.sharding.Mesh
   graphdef: Any
-  state: TrainState
-  state_sh: TrainState  # shardings, same structure as ``state``
+  abstract: TrainState  # jax.ShapeDtypeStruct leaves carrying the state's shardings
   batch_sh: dict  # input name -> sharding
   train_step: Callable  # jitted (state, batch) -> (state, metrics)
   eval_step: Callable  # jitted (params, batch, frozen) -> objective sums
   objective: Any
+  tx: optax.GradientTransformation
+  seed: int
   max_skips: int = 0  # non-finite steps tolerated in a row (0: train.on_nonfinite=stop)
+  state: TrainState | None = None
+
+  @property
+  def state_sh(self) -> TrainState:
+    return sharding.shardings_of(self.abstract)
 
   def batch(self, local: dict) -> dict:
     """This process's rows -> one global batch on the mesh."""
@@ -43,16 +54,47 @@ class Engine:
 
   def abstract_state(self) -> TrainState:
     """The state's shapes with this mesh's shardings: the target a checkpoint restores into."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        self.state, self.state_sh)
+    return self.abstract
+
+  def abstract_batch(self, shapes: dict) -> dict:
+    """Global batch shapes ({name: (shape, dtype)} or arrays) as sharded ShapeDtypeStructs."""
+    out = {}
+    for k, v in shapes.items():
+      shape, dtype = (v.shape, v.dtype) if hasattr(v, "shape") else v
+      out[k] = jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=self.batch_sh[k])
+    return out
+
+  def init(self, make_model: Callable[[], nnx.Module], frozen=None,
+           values: dict | None = None) -> None:
+    """A fresh state: ``make_model()`` initialised by one jitted program straight into the
+    state's shardings; ``values`` ({name: array}) replace the fresh parameters they name."""
+    graphdef, tx, seed = self.graphdef, self.tx, self.seed
+
+    def fresh(values, frozen):
+      params = nnx.split(make_model())[1]
+      if values:
+        params = with_values(params, values, strict=False, place=False)
+      return init_state(graphdef, params, tx, seed, frozen)
+
+    self.state = jax.jit(fresh, out_shardings=self.state_sh)(values or {}, frozen)
+
+  def init_from(self, params, frozen=None, *, donate: bool = True) -> None:
+    """A state from parameters already laid out on the mesh (restored, or taken from a
+    teacher); with ``donate`` their buffers become the state's (not when they alias
+    ``frozen``'s, as a distillation student's taken from its teacher do)."""
+    graphdef, tx, seed = self.graphdef, self.tx, self.seed
+    self.state = jax.jit(lambda p, f: init_state(graphdef, p, tx, seed, f),
+                         out_shardings=self.state_sh,
+                         donate_argnums=(0, 1) if donate else ())(params, frozen)
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state.params)
 
 
 def opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
-  """Optimizer slots (Adam mu/nu, ...) mirror the parameters: each slot takes the sharding of
-  the parameter whose path it ends with; scalars (counts) are replicated."""
+  """Optimizer slots (Adam mu/nu, ...) mirror the parameters: a slot whose path ends with a
+  parameter's path (and has its shape) takes that parameter's sharding; scalars (counts) are
+  replicated. Any other array is an error, never a silent full replication."""
   by_path = {}
   flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   flat_sh = jax.tree_util.tree_leaves(param_shardings)
@@ -64,39 +106,46 @@ def opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
     keys = tuple(str(k) for k in path)
     for start in range(len(keys)):
       shape, sh = by_path.get(keys[start:], (None, None))
-      if shape == leaf.shape:
+      if shape == tuple(leaf.shape):
         return sh
-    return replicated
+    if not leaf.shape:
+      return replicated
+    raise ValueError(f"optimizer state {jax.tree_util.keystr(path)} {tuple(leaf.shape)} matches "
+                     "no parameter: it would be replicated on every device")
 
   return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
-def build_engine(model: nnx.Module, objective, tx: optax.GradientTransformation, *, seed: int,
-                 example_batch: dict, grad_accum_steps: int = 1, lr_schedule=None,
-                 frozen=None, max_skips: int = 0) -> Engine:
-  """``model`` is born sharded (``sharding.create_sharded``); ``frozen`` are parameters used
-  but never trained (a distillation teacher). Call under ``sharding.use_mesh``."""
+def build_engine(graphdef, abstract_params, objective, tx: optax.GradientTransformation, *,
+                 seed: int, example_batch: dict, grad_accum_steps: int = 1, lr_schedule=None,
+                 abstract_frozen=None, max_skips: int = 0) -> Engine:
+  """Plan the train state and jit the steps from shapes and the mesh alone -- nothing runs
+  on a device, so this works on compile-only TPU meshes (``bertjax compile``).
+
+  ``abstract_params``: ``sharding.abstract_model``'s state; ``abstract_frozen``: parameters
+  used but never trained (a distillation teacher), abstract too; ``example_batch``: arrays or
+  ShapeDtypeStructs naming the batch's inputs and ranks. Call under ``sharding.use_mesh``."""
   mesh, _ = sharding.layout()
-  graphdef, params = nnx.split(model)
-  param_sh = jax.tree.map(lambda x: x.sharding, params)
-  abstract = jax.eval_shape(lambda p: init_state(graphdef, p, tx, seed), params)
+  param_sh = sharding.shardings_of(abstract_params)
+  frozen_sh = None if abstract_frozen is None else sharding.shardings_of(abstract_frozen)
+  abstract = jax.eval_shape(lambda p, f: init_state(graphdef, p, tx, seed, f), abstract_params,
+                            abstract_frozen)
   replicated = NamedSharding(mesh, P())
-  frozen_sh = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
   state_sh = TrainState(step=replicated, params=param_sh,
                         opt_state=opt_state_shardings(abstract.opt_state, abstract.params,
                                                       param_sh, mesh),
                         key=replicated, frozen=frozen_sh,
                         guard=jax.tree.map(lambda _: replicated, abstract.guard))
-  state = jax.jit(lambda p, f: init_state(graphdef, p, tx, seed, f),
-                  out_shardings=state_sh)(params, frozen)
-  batch_sh = {k: sharding.batch_sharding(mesh, ndim=np.ndim(v)) for k, v in example_batch.items()}
+  abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          abstract, state_sh)
+  batch_sh = {k: sharding.batch_sharding(mesh, ndim=len(v.shape)) for k, v in example_batch.items()}
   train_step = jax.jit(make_train_step(graphdef, objective, tx, grad_accum_steps, lr_schedule,
                                        max_skips),
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(graphdef, objective),
                       in_shardings=(state_sh.params, batch_sh, frozen_sh))
-  return Engine(mesh, graphdef, state, state_sh, batch_sh, train_step, eval_step, objective,
+  return Engine(mesh, graphdef, abstract, batch_sh, train_step, eval_step, objective, tx, seed,
                 max_skips)
 
 

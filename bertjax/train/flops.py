@@ -6,6 +6,8 @@ for distillation the frozen teacher's forward pass as well as the student's. Rec
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from bertjax.config import ExperimentConfig, ModelConfig
 
 
@@ -47,23 +49,52 @@ def step_flops_per_token(cfg: ExperimentConfig, teacher: ModelConfig | None = No
   return train_flops_per_token(cfg.model, seq, preds)
 
 
-# bf16 peak FLOP/s per chip (MaxText's MFU denominators).
-_TPU_PEAKS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+class Chip(NamedTuple):
+  """A TPU chip as Cloud TPU publishes it: bf16 peak FLOP/s, HBM bytes and bytes/s."""
+  name: str
+  peak_flops: float
+  hbm_bytes: float
+  hbm_bandwidth: float
+
+
+_GiB = 2.0**30
+# by ``device_kind`` (compile-only devices report the same); MaxText's MFU denominators
+CHIPS = {
+    "TPU v4": Chip("v4", 275e12, 32 * _GiB, 1228e9),
+    "TPU v5 lite": Chip("v5e", 197e12, 16 * _GiB, 819e9),
+    "TPU v5e": Chip("v5e", 197e12, 16 * _GiB, 819e9),
+    "TPU v5p": Chip("v5p", 459e12, 95 * _GiB, 2765e9),
+    "TPU v5": Chip("v5p", 459e12, 95 * _GiB, 2765e9),
+    "TPU v6 lite": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
+    "TPU v6e": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
+}
 
 _measured: float | None = None
 
 
-def peak_flops_per_device() -> float:
+def chip(device) -> Chip | None:
+  """The TPU chip of ``device`` (None off TPU): longest ``device_kind`` prefix wins."""
+  for kind, spec in sorted(CHIPS.items(), key=lambda kv: -len(kv[0])):
+    if device.device_kind.startswith(kind):
+      return spec
+  return None
+
+
+def peak_flops_per_device(device=None) -> float:
   """TPU: the published bf16 peak. Elsewhere: a measured f32 matmul peak of this host, split
   over its local devices (fake CPU devices share the same cores)."""
   import jax
 
-  kind = jax.devices()[0].device_kind
-  for name, peak in sorted(_TPU_PEAKS.items(), key=lambda kv: -len(kv[0])):
-    if kind.startswith(name):
-      return peak
+  spec = chip(device if device is not None else jax.devices()[0])
+  if spec is not None:
+    return spec.peak_flops
   return measure_matmul_peak() / jax.local_device_count()
+
+
+def peak_flops(mesh, per_device: float | None = None) -> float:
+  """The mesh's peak FLOP/s: ``per_device`` (train.peak_flops_per_device) or its devices'
+  chip (read from the mesh, so compile-only TPU meshes count as TPUs), times their count."""
+  return (per_device or peak_flops_per_device(mesh.devices.flat[0])) * mesh.devices.size
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 8) -> float:

@@ -18,14 +18,14 @@ from bertjax import sharding
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.corpus import load_corpus
 from bertjax.data.pipeline import make_dataset, masking_spec
-from bertjax.model_dir import (load_model_dir, read_model_config, read_param_shapes,
-                               resolve_model_dir, save_model_dir)
+from bertjax.model_dir import (read_model_config, read_param_shapes, resolve_model_dir,
+                               restore_params, save_model_dir)
 from bertjax.models import Model
 from bertjax.objectives import check_objective, make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
-from bertjax.params import assign_flat_params, flat_params, flat_shapes
+from bertjax.params import flat_shapes, leaf_name, with_values
 from bertjax.train.engine import build_engine, run_steps, to_host
-from bertjax.train.flops import peak_flops_per_device, step_flops_per_token
+from bertjax.train.flops import peak_flops, step_flops_per_token
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
 from bertjax.train.run_dir import check_run_dir_path, claim_run_dir
@@ -75,29 +75,16 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   eval_iter = iter(make_dataset(corpus.eval, spec, cfg.data, local_batch_size=local_bs, pad_id=pad,
                                 shuffle=False, seed_offset=1, **sbo))
   eval_local = [next(eval_iter) for _ in range(eval_count)]
-  tx = make_optimizer(cfg.optim, cfg.train.steps)
-  lr = schedule(cfg.optim, cfg.train.steps)
 
   with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
                      allow_config_change=allow_config_change), \
        open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet, stop_event=stop_event) as run:
-    model = sharding.create_sharded(lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed)))
-    teacher_graphdef = frozen = None
-    if cfg.objective == "distill":  # the teacher: frozen, sharded like the student
-      teacher, _ = load_model_dir(cfg.distill.teacher)
-      assign_flat_params(model, student_from_teacher(
-          flat_params(teacher), cfg.distill.layers, flat_params(model).keys()))
-      teacher_graphdef, frozen = nnx.split(teacher)
-    objective = make_objective(cfg, teacher_graphdef)
-    engine = build_engine(model, objective, tx, seed=cfg.train.seed, example_batch=eval_local[0],
-                          grad_accum_steps=cfg.train.grad_accum_steps, lr_schedule=lr,
-                          frozen=frozen, max_skips=cfg.train.max_skips)
-    del model
-
+    engine, teacher = _plan_engine(cfg, example_batch=eval_local[0])
     latest = run.restore(engine, train_iter)
-    if latest is None and cfg.train.init_from:
-      engine.state = engine.state.replace(params=_initial_params(cfg, engine.state.params))
+    if latest is None:
+      _init_state(cfg, engine, teacher)
     start = latest or 0
+    objective = engine.objective
 
     eval_batches = [engine.batch(b) for b in eval_local]
 
@@ -111,7 +98,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
     teacher_cfg = read_model_config(cfg.distill.teacher) if cfg.objective == "distill" else None
     flops_per_step = tokens_per_step * step_flops_per_token(cfg, teacher_cfg)
-    peak = (cfg.train.peak_flops_per_device or peak_flops_per_device()) * jax.device_count()
+    peak = peak_flops(mesh, cfg.train.peak_flops_per_device)
 
     result = run_steps(
         engine, train_iter, run, start=start, steps=cfg.train.steps,
@@ -131,6 +118,43 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
           "unigram_baseline_accuracy": baseline, "checkpoint": checkpoints,
           "model": str(model_dir), "run_dir": str(run_dir)}
+
+
+def _plan_engine(cfg: ExperimentConfig, example_batch: dict):
+  """The engine for ``cfg`` on the active mesh, from shapes alone (``bertjax compile`` lowers
+  exactly this): -> (engine, the teacher's (folder, abstract params) or None)."""
+  tx = make_optimizer(cfg.optim, cfg.train.steps)
+  make = lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+  graphdef, abstract_params = sharding.abstract_model(make)
+  teacher_graphdef = abstract_teacher = None
+  if cfg.objective == "distill":  # the teacher: frozen, sharded like the student
+    teacher_cfg = read_model_config(cfg.distill.teacher)
+    teacher_graphdef, abstract_teacher = sharding.abstract_model(
+        lambda: Model(teacher_cfg, rngs=nnx.Rngs(0)))
+  engine = build_engine(graphdef, abstract_params, make_objective(cfg, teacher_graphdef), tx,
+                        seed=cfg.train.seed, example_batch=example_batch,
+                        grad_accum_steps=cfg.train.grad_accum_steps,
+                        lr_schedule=schedule(cfg.optim, cfg.train.steps),
+                        abstract_frozen=abstract_teacher, max_skips=cfg.train.max_skips)
+  return engine, abstract_teacher
+
+
+def _init_state(cfg: ExperimentConfig, engine, abstract_teacher) -> None:
+  """A fresh run's state, each source read straight into its sharded targets: the teacher's
+  layers for a distillation student, ``train.init_from``, or a random init."""
+  make = lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+  if cfg.objective == "distill":
+    teacher = restore_params(cfg.distill.teacher, abstract_teacher)
+    names = {leaf_name(p): v.get_value() for p, v in jax.tree_util.tree_flatten_with_path(
+        teacher, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]}
+    student_names = flat_shapes(nnx.eval_shape(make)).keys()
+    student = with_values(engine.abstract.params,
+                          student_from_teacher(names, cfg.distill.layers, student_names))
+    engine.init_from(student, teacher, donate=False)  # the student's arrays are the teacher's
+  elif cfg.train.init_from:
+    engine.init_from(restore_params(cfg.train.init_from, engine.abstract.params))
+  else:
+    engine.init(make)
 
 
 def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -162,13 +186,6 @@ def _check_init_from(cfg: ExperimentConfig) -> None:
     raise ConfigError(f"train.init_from={cfg.train.init_from}: parameter shapes differ from "
                       f"model.* ({', '.join(differ[:3])}); only shape-preserving changes such "
                       "as rope_theta or lengths")
-
-
-def _initial_params(cfg: ExperimentConfig, params):
-  """Parameters of ``train.init_from`` (a run or model folder), laid out on this mesh."""
-  loaded, _ = load_model_dir(cfg.train.init_from)
-  return jax.tree.map(lambda x, ref: jax.device_put(x.astype(ref.dtype), ref.sharding),
-                      nnx.state(loaded), params)
 
 
 def _unigram_baseline(eval_local: list[dict], token: int) -> float:
