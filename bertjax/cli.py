@@ -149,7 +149,7 @@ def _compile(args) -> int:
 
   preset, overrides = _preset_and_overrides(args.args)
   report = compile_pretraining(experiment_config(preset, overrides), args.topology,
-                               slices=args.slices, save=args.save)
+                               slices=args.slices, save=args.save, vocab_size=args.vocab_size)
   if args.json:
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
   print(format_report(report))
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--slices", type=_positive, default=1, help="multislice: number of slices")
   s.add_argument("--json", help="write the report to this JSON file")
   s.add_argument("--save", help="write the serialized TPU executable to this file")
+  s.add_argument("--vocab-size", type=_positive, default=None,
+                 help="the vocabulary size to compile for (default: the tokenizer's)")
   s.set_defaults(func=_compile)
 
   s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")

@@ -1,0 +1,80 @@
+"""Pod-scale plans compiled from this CPU machine (libtpu compile-only devices; no TPU):
+memory per chip for each remat policy, compile time with and without scan over layers, XLA
+FLOPs against the analytic count, the roofline MFU of each pod preset on its slice.
+
+  python benchmarks/pod_compile.py [--quick] [--out benchmarks/pod_compile.json]
+
+Each row is one ``bertjax.train.aot.compile_pretraining`` call, the same code path as
+``bertjax compile``. Compile times are wall-clock on this machine (2 cores, noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                   ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+  os.environ.setdefault(key, value)
+
+from bertjax.config import experiment_config  # noqa: E402
+from bertjax.train.aot import GiB, compile_pretraining  # noqa: E402
+
+BERT_LARGE = ["model.dtype=bfloat16", "model.max_position_embeddings=512",
+              "data.max_seq_length=512", "data.max_predictions_per_seq=76",
+              "train.batch_size=256", "mesh.data=1", "mesh.fsdp=4"]
+
+
+def cases(quick: bool):
+  """(label, preset, overrides, topology, vocab)"""
+  out = []
+  for remat in ("none", "full", "names"):
+    out.append((f"BERT-large 64/chip remat={remat}", "bert-large-pretrain",
+                BERT_LARGE + [f"model.remat={remat}"], "v5e-4", 30522))
+  if quick:
+    return out
+  out.append(("BERT-large 64/chip remat=none", "bert-large-pretrain",
+              BERT_LARGE + ["model.remat=none"], "v5p-8", 30522))
+  for layers in (2, 24):
+    for scan in ("true", "false"):
+      out.append((f"BERT-large {layers} layers scan={scan} remat=none", "bert-large-pretrain",
+                  BERT_LARGE + [f"model.num_layers={layers}", f"model.scan_layers={scan}",
+                                "model.remat=none"], "v5p-8", 30522))
+  out.append(("EuroBERT-2.1B seq 2048 (preset)", "eurobert-2.1b-pretrain", [], "v5p-64", 128256))
+  out.append(("ModernBERT-large seq 8192 (preset)", "modernbert-large-pretrain", [], "v5p-8",
+              50368))
+  out.append(("BERT-large (preset)", "bert-large-pretrain", [], "v5e-16", 30522))
+  return out
+
+
+def main() -> int:
+  p = argparse.ArgumentParser()
+  p.add_argument("--quick", action="store_true", help="only the v5e remat rows")
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  rows = []
+  print("| plan | slice | params+opt / chip | temp / chip | total / chip | HBM | fits | "
+        "XLA/analytic FLOPs | roofline MFU | compile s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for label, preset, overrides, topology, vocab in cases(args.quick):
+    r = compile_pretraining(experiment_config(preset, overrides), topology, vocab_size=vocab)
+    per = r["per_device"]
+    g = lambda b: "-" if b is None else f"{b / GiB:.2f} GiB"
+    ratio = r.get("xla_over_analytic")
+    mfu = r.get("roofline_mfu")
+    print(f"| {label} | {topology} | {g(per['params_bytes'] + per['optimizer_bytes'])} | "
+          f"{g(per.get('temp_bytes'))} | {g(per['total_bytes'])} | {g(r['hbm_bytes'])} | "
+          f"{'yes' if r['fits'] else 'NO'} | "
+          f"{'-' if ratio is None else f'{ratio:.3f}'}{' (scan)' if r['scan_layers'] else ''} | "
+          f"{'-' if mfu is None else f'{mfu:.1%}'} | {r['compile_seconds']:.0f} |", flush=True)
+    rows.append({"label": label, **r})
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(rows, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
