@@ -82,6 +82,35 @@ def test_loss_components_match_a_hand_computation(tmp_path):
   assert abs(float(loss) - (5 * ce + 2 * mlm + 1 * cos)) <= 1e-4
 
 
+def test_distillation_is_the_same_with_scanned_layers(tmp_path):
+  """The teacher and the student scanned (model.scan_layers) give the unrolled loss and
+  gradients: the layer pick is by parameter name, and names do not change under scan."""
+  import dataclasses
+
+  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+  student = Model(student_config(teacher.config, (1, 3)), rngs=nnx.Rngs(2))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(3, 80, (2, 10)).astype(np.int32)
+  batch = {"input_ids": ids, "padding_mask": np.ones_like(ids, bool),
+           "masked_positions": np.array([[1, 4], [2, 5]], np.int32),
+           "masked_ids": np.array([[7, 9], [11, 13]], np.int32),
+           "masked_weights": np.ones((2, 2), np.float32)}
+  tp, sp = nnx.state(teacher), nnx.state(student)
+  results = []
+  for scan in (False, True):
+    graph = lambda m: nnx.split(nnx.eval_shape(lambda: Model(
+        dataclasses.replace(m.config, scan_layers=scan), rngs=nnx.Rngs(0))))[0]
+    obj = DistillObjective(graph(teacher), DistillConfig())
+    sg = graph(student)
+    f = jax.jit(jax.value_and_grad(
+        lambda p: obj(nnx.merge(sg, p), batch, None, obj.totals(batch), frozen=tp)[0]))
+    results.append(f(sp))
+  (l0, g0), (l1, g1) = results
+  assert abs(float(l0) - float(l1)) <= 1e-6 * max(1.0, abs(float(l0)))
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
+
+
 def test_distillation_from_a_real_bert_teacher(tmp_path):
   import os
 

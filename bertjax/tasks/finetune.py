@@ -27,9 +27,10 @@ from bertjax import sharding
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
 from bertjax.data.pipeline import EpochSampler
 from bertjax.data.tokenizer import Tokenizer
-from bertjax.model_dir import load_model_dir, save_model_dir
+from bertjax.model_dir import load_model_dir, restore_params, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
+from bertjax.params import leaf_name
 from bertjax.tasks.data import SplitData, encode, evaluate_logits, load_split
 from bertjax.tasks.formats import check_labels, infer_labels, read_split
 from bertjax.tasks.serve import Predictor
@@ -62,6 +63,17 @@ def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int):
                          process_index=jax.process_index(), process_count=jax.process_count())
   ds = grain.MapDataset.source(sampler).map(_TaskDataset(arrays)).batch(local, drop_remainder=True)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+
+
+def _pretrained_values(init_from: str, params: dict, engine) -> dict:
+  """The starting parameters by name: a bertjax folder's read straight into the engine's
+  sharded layout (each process its own shards); a transformers folder's host arrays as they
+  are."""
+  if not any(isinstance(v, jax.ShapeDtypeStruct) for v in params.values()):
+    return params
+  state = restore_params(init_from, engine.abstract.params, only=set(params))
+  leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+  return {leaf_name(p): v.get_value() for p, v in leaves if leaf_name(p) in params}
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -141,7 +153,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     predictor = Predictor(engine.graphdef, tc.eval_batch_size, example)
     start = run.restore(engine, batches)
     if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
-      engine.init(make, values=params)
+      engine.init(make, values=_pretrained_values(cfg.init_from, params, engine))
     start = start or 0
     best = json.loads(best_file.read_text()) if best_file.exists() else {}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -13,7 +14,7 @@ from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_over
                             family_defaults, from_dict, to_dict)
 from bertjax.data.tokenizer import Tokenizer, TokenizerError
 from bertjax.interop.hf import load_hf
-from bertjax.model_dir import read_model_config, read_model_params, read_tokenizer
+from bertjax.model_dir import read_model_config, read_param_shapes, read_tokenizer
 from bertjax.models import Model
 from bertjax.params import flat_shapes
 
@@ -25,8 +26,12 @@ _HEAD_FIELDS = ("classifier_pooling", "classifier_transform", "classifier_act", 
                 "classifier_bias", "classifier_dropout")
 
 
-def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, np.ndarray], Tokenizer | None]:
-  """A bertjax model/run folder, or a transformers folder (config.json) imported on the fly."""
+def load_pretrained(path: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
+  """A bertjax model/run folder, or a transformers folder (config.json) imported on the fly.
+
+  A bertjax folder's parameters come back as ``jax.ShapeDtypeStruct``s read from its metadata:
+  fine-tuning restores them later straight into the sharded train state (``restore_params``);
+  a transformers folder's are host arrays (converted from its safetensors)."""
   p = Path(path)
   if (p / "config.json").exists() and not (p / "config.yaml").exists():
     cfg, params = load_hf(p)
@@ -37,7 +42,9 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict[str, np.ndarray], Toke
     return cfg, params, tokenizer
   if not p.exists():
     raise ConfigError(f"init_from={path} does not exist")
-  return read_model_config(p), read_model_params(p), read_tokenizer(p)
+  shapes = read_param_shapes(p)
+  return (read_model_config(p), {k: jax.ShapeDtypeStruct(v, np.float32) for k, v in shapes.items()},
+          read_tokenizer(p))
 
 
 def task_model_config(source: ModelConfig, cfg: FinetuneConfig,

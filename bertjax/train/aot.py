@@ -79,6 +79,9 @@ def topology_devices(name: str, slices: int = 1) -> list:
     raise UserError("compiling for TPU needs libtpu: pip install 'bertjax[tpu]'")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no exclusive lock
+  # read once, when libtpu loads; without them it logs warnings about a VM it is not on
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", name if "-" in name else "v5litepod-4")
   from jax.experimental import topologies
 
   kw = {"chip_config_name": config} if config else {}

@@ -33,7 +33,8 @@ from bertjax.train.run_dir import check_run_dir_path, claim_run_dir
 # Config keys a resumed run may change without changing what it trains.
 RESUMABLE = ("name", "run_dir", "train.steps", "train.eval_every", "train.eval_batches",
              "train.log_every", "train.peak_flops_per_device", "train.on_nonfinite",
-             "train.max_consecutive_skips", "checkpoint", "mesh", "data.num_workers")
+             "train.max_consecutive_skips", "checkpoint", "mesh", "data.num_workers",
+             "model.scan_layers", "model.remat", "model.remat_names")  # how, not what
 
 
 def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
