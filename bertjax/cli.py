@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
   with warnings.catch_warnings():  # the library's warnings as the CLI's own one-liners
     warnings.showwarning = lambda message, *_, **__: print(
-        f"bertjax {args.command}: warning: {message}", file=sys.stderr)
+        f"bertjax {args.command}{_process_tag()}: warning: {message}", file=sys.stderr,
+        flush=True)
     try:
       code = args.func(args) or 0
     except (UserError, FileExistsError, FileNotFoundError, IsADirectoryError,
@@ -294,8 +295,20 @@ def main(argv: list[str] | None = None) -> int:
   return code
 
 
+def _process_tag() -> str:
+  """`` [process k]`` in a multi-process run (every process may warn; only 0 logs progress)."""
+  if "jax" not in sys.modules:
+    return ""
+  import jax
+
+  if not jax.distributed.is_initialized():
+    return ""
+  return f" [process {jax.process_index()}]" if jax.process_count() > 1 else ""
+
+
 def _fail(command: str, message) -> int:
-  print(f"bertjax {command}: error: {str(message).splitlines()[0]}", file=sys.stderr)
+  print(f"bertjax {command}{_process_tag()}: error: {str(message).splitlines()[0]}",
+        file=sys.stderr)
   return 2
 
 

@@ -139,9 +139,20 @@ def test_two_processes_equal_one_process(corpus, tmp_path):
 
 
 def test_cli_pretrain_then_fill_mask(corpus, tmp_path, capsys):
-  assert cli.main(["pretrain", *overrides(tmp_path, corpus, "train.steps=6")]) == 0
-  summary = json.loads(capsys.readouterr().out)
+  assert cli.main(["pretrain", *overrides(tmp_path, corpus, "train.steps=6",
+                                          "train.log_every=2", "train.eval_every=4")]) == 0
+  out = capsys.readouterr()
+  summary = json.loads(out.out)
   assert summary["steps"] == 6 and 0 <= summary["held_out_mlm_accuracy"] <= 1
+  # stderr is not a terminal here: plain, flushed lines a person can follow in a VM's log
+  lines = [line for line in out.err.splitlines() if " pretrain: " in line]
+  steps = [line for line in lines if " pretrain: step " in line and " loss " in line
+           and " eval " not in line]
+  assert [line.split(" pretrain: step ")[1].split()[0] for line in steps] == ["1/6", "2/6", "4/6",
+                                                                             "6/6"]
+  assert all("ETA" in line for line in steps) and "tok/s" in steps[1]
+  assert any(": eval " in line and "mlm_accuracy" in line for line in lines)
+  assert any("checkpoint saving to" in line for line in lines)
   assert (tmp_path / "config.yaml").exists() and (tmp_path / "events").is_dir()
   assert cli.main(["fill-mask", str(tmp_path), "the [MASK] of the house", "--top-k", "3"]) == 0
   result = json.loads(capsys.readouterr().out)

@@ -206,6 +206,12 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
       m["skipped_steps"] = skipped
     return m
 
+  def status(m: dict) -> str:
+    line = f"loss {m['loss']:.4f}"
+    if "tokens_per_second" in m:
+      line += f" {m['tokens_per_second']:,.0f} tok/s"
+    return line + (f" MFU {m['mfu']:.1%}" if "mfu" in m else "")
+
   def log(done_step, done):
     nonlocal window_start, window_steps, last
     elapsed = time.perf_counter() - window_start
@@ -218,11 +224,12 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     writer.write(done_step, m)
     last = m
     window_start, window_steps = time.perf_counter(), 1
-    progress.update(done_step, f"loss {m['loss']:.3f} {m.get('tokens_per_second', 0):,.0f} tok/s")
+    progress.update(done_step, status(m))
 
   def save(force: bool = False) -> None:
     guard_check(engine.state.guard)  # never a halted state
-    checkpointer.save(step, engine.state, data_iterator, force=force)
+    if checkpointer.save(step, engine.state, data_iterator, force=force):
+      progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
 
   while step < steps and not preempted.is_set() and not stopped_early:
     batch = engine.batch(next(batches))
@@ -246,6 +253,7 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     m = finalized(pending[1])
     writer.write(pending[0], m)
     last = {**last, **m}
+    progress.update(pending[0], status(m))
   if checkpointer.latest_step() != step:
     save(force=True)
   checkpointer.wait()

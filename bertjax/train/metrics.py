@@ -1,9 +1,10 @@
-"""Metric writers: tensorboardX event files + metrics.jsonl (process 0 only), and a rich
-progress bar with loss, tokens/s and ETA. (clu's writers need TensorFlow.)"""
+"""Metric writers: tensorboardX event files + metrics.jsonl (process 0 only), and progress: a
+rich bar on a terminal, plain log lines elsewhere. (clu's writers need TensorFlow.)"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,14 +41,26 @@ class MetricWriter:
       self._jsonl.close()
 
 
+def _clock(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class Progress:
-  """A rich progress bar on process 0 (plain, no-op elsewhere or when not a terminal)."""
+  """Progress on process 0 (a no-op elsewhere), on stderr so stdout stays machine-readable.
+
+  On a terminal: a rich progress bar. Off a terminal (a TPU VM's log, ``tee``, a file): one
+  plain, flushed line per logged step (``update`` with a status: step, loss, tokens/s, MFU,
+  elapsed, ETA) and per ``log`` message (checkpoints, evaluations) -- nothing in between."""
 
   def __init__(self, total: int, start: int, enabled: bool | None = None,
-               label: str = "pretrain"):
+               label: str = "pretrain", terminal: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.total, self.start, self.label = total, start, label
     self._bar = None
-    if self.enabled:
+    self._began = time.perf_counter()
+    self.plain = self.enabled and not (sys.stderr.isatty() if terminal is None else terminal)
+    if self.enabled and not self.plain:
       from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
                                  TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
@@ -63,10 +76,22 @@ class Progress:
   def update(self, step: int, status: str = "") -> None:
     if self._bar is not None:
       self._bar.update(self._task, completed=step, status=status)
+    elif self.plain and status:
+      elapsed = time.perf_counter() - self._began
+      done = step - self.start
+      eta = (self.total - step) * elapsed / done if done > 0 else float("nan")
+      self._print(f"step {step}/{self.total} {status} elapsed {_clock(elapsed)} ETA "
+                  f"{_clock(eta) if eta == eta else '-'}")
 
   def log(self, message: str) -> None:
     if self._bar is not None:
       self._bar.console.log(message)
+    elif self.plain:
+      self._print(message)
+
+  def _print(self, line: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.label}: {line}", file=sys.stderr,
+          flush=True)
 
   def close(self) -> None:
     if self._bar is not None:

@@ -104,14 +104,14 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     result = run_steps(
         engine, train_iter, run, start=start, steps=cfg.train.steps,
         log_every=cfg.train.log_every, eval_every=cfg.train.eval_every,
-        evaluate=lambda step: run.writer.write(step, evaluate(), prefix="eval"),
+        evaluate=lambda step: _write_eval(run, step, evaluate()),
         data_iterator=train_iter, tokens_per_step=tokens_per_step,
         flops_per_step=flops_per_step, peak_flops=peak, on_step=on_step)
     checkpoints = str(run.checkpointer.directory)
     if result.preempted:
       return {"preempted": True, "step": result.step, "checkpoint": checkpoints}
     final_eval = evaluate()
-    run.writer.write(result.step, final_eval, prefix="eval")
+    _write_eval(run, result.step, final_eval)
     baseline = _unigram_baseline(eval_local, corpus.unigram_token)
     model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
                               corpus.tokenizer)
@@ -119,6 +119,11 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
           "unigram_baseline_accuracy": baseline, "checkpoint": checkpoints,
           "model": str(model_dir), "run_dir": str(run_dir)}
+
+
+def _write_eval(run, step: int, metrics: dict) -> None:
+  run.writer.write(step, metrics, prefix="eval")
+  run.log(f"step {step}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
 
 
 def _plan_engine(cfg: ExperimentConfig, example_batch: dict):
