@@ -47,21 +47,28 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 
 def make_mesh(shape: dict[str, int] | Sequence[int] | Any = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+              devices: Sequence[jax.Device] | None = None, slices: int | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types; -1 on one axis takes the rest.
 
-  ``shape`` may be a MeshConfig, a dict or a 3-sequence. Devices keep ``jax.devices()`` order
-  (never ``device.id``, which is not contiguous across processes).
+  ``shape`` may be a MeshConfig (its ``slices`` too), a dict or a 3-sequence. Devices keep
+  ``jax.devices()`` order (never ``device.id``, which is not contiguous across processes),
+  except on TPU, where ``mesh_utils`` lays the axes along the chips' torus. ``slices`` > 1:
+  the data axis spans the slices (DCN), fsdp and tensor stay inside each one (ICI).
   """
   devices = list(jax.devices() if devices is None else devices)
   if shape is None:
     sizes = [-1, 1, 1]
   elif isinstance(shape, dict):
     sizes = [shape.get(a, 1) for a in MESH_AXES]
+    slices = shape.get("slices", 1) if slices is None else slices
   elif hasattr(shape, "data"):
     sizes = [shape.data, shape.fsdp, shape.tensor]
+    slices = shape.slices if slices is None else slices
   else:
     sizes = list(shape)
+  slices = 1 if slices is None else slices
+  if slices < 1:
+    raise UserError(f"mesh.slices must be >= 1, got {slices}")
   if sizes.count(-1) > 1:
     raise UserError(f"mesh shape {sizes}: at most one axis (mesh.data/fsdp/tensor) may be "
                     "-1")
@@ -74,8 +81,32 @@ def make_mesh(shape: dict[str, int] | Sequence[int] | Any = None,
   if math.prod(sizes) != len(devices):
     raise UserError(f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                      f"have {len(devices)}")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES,
+  return Mesh(_arrange(devices, sizes, slices), MESH_AXES,
               axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _arrange(devices: list, sizes: list[int], slices: int) -> np.ndarray:
+  """The device array for ``sizes``: ``slices`` granules along the data axis."""
+  from jax.experimental import mesh_utils
+
+  tpu = devices[0].platform == "tpu"
+  if slices == 1:
+    if tpu and getattr(devices[0], "slice_index", None) in (None, 0) and len(
+        {getattr(d, "slice_index", None) for d in devices}) == 1:
+      return mesh_utils.create_device_mesh(sizes, devices)  # ICI-aware on the torus
+    return np.asarray(devices).reshape(sizes)
+  if sizes[0] % slices:
+    raise UserError(f"mesh.data={sizes[0]} must be a multiple of mesh.slices={slices} (only "
+                    "data parallelism crosses slices)")
+  # granules: the devices' slices (TPU), else their processes (CPU/GPU report one slice)
+  in_slices = len({getattr(d, "slice_index", None) for d in devices})
+  in_processes = len({d.process_index for d in devices})
+  if slices not in (in_slices, in_processes):
+    raise UserError(f"mesh.slices={slices}, but the devices form {in_slices} slice(s) in "
+                    f"{in_processes} process(es)")
+  return mesh_utils.create_hybrid_device_mesh(
+      [sizes[0] // slices, sizes[1], sizes[2]], [slices, 1, 1], devices,
+      process_is_granule=in_slices != slices)
 
 
 def rules_dict(rules=None) -> dict[str, Any]:

@@ -120,8 +120,11 @@ def test_two_processes_equal_one_process(corpus, tmp_path):
   env = dict(os.environ, PYTHONPATH=f"{TESTS}:{TESTS.parent}")
   env.pop("XLA_FLAGS", None)
   mp_run = tmp_path / "two"
+  # the two processes stand in for two slices: data parallelism across them (DCN), fsdp
+  # inside each (mesh_utils.create_hybrid_device_mesh, processes as granules)
   procs = [subprocess.Popen([sys.executable, str(TESTS / "mp_pretrain.py"), str(i), str(port),
-                             str(mp_run), str(corpus)], env=env, stdout=subprocess.PIPE,
+                             str(mp_run), str(corpus), "mesh.slices=2", "mesh.fsdp=2"],
+                            env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   for p in procs:
     _, err = p.communicate(timeout=600)

@@ -21,6 +21,10 @@ class MeshConfig:
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  # Multislice: the data axis spans this many slices (DCN); fsdp and tensor stay inside one
+  # slice (ICI). Slices are the devices' slice_index (TPU) or, where devices have none, the
+  # processes (multi-process CPU/GPU).
+  slices: int = 1
   # Logical-axis -> mesh-axis rules; None entries replicate. Data, not code (MaxText style).
   rules: tuple[tuple[str, Any], ...] = ()
 

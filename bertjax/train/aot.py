@@ -95,16 +95,14 @@ def topology_devices(name: str, slices: int = 1) -> list:
 
 
 def compile_mesh(cfg: ExperimentConfig, devices: list, slices: int) -> jax.sharding.Mesh:
-  """``mesh.*`` over the topology's devices (slice-major, so ``data`` spans the slices)."""
+  """``mesh.*`` over the topology's devices; with ``slices`` > 1 the data axis spans them
+  (``mesh.slices``), fsdp and tensor stay inside each slice."""
   from bertjax.train.run import plan_mesh
 
-  mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size)
-  per_slice = len(devices) // slices
-  inner = mesh.shape["fsdp"] * mesh.shape["tensor"]
-  if slices > 1 and per_slice % inner:
-    raise ConfigError(f"mesh.fsdp x mesh.tensor = {inner} must divide the {per_slice} chips of "
-                      "one slice (only data parallelism crosses slices)")
-  return mesh
+  if cfg.mesh.slices not in (1, slices):
+    raise ConfigError(f"mesh.slices={cfg.mesh.slices} but --slices {slices}")
+  return plan_mesh(dataclasses.replace(cfg.mesh, slices=slices), devices,
+                   train_batch_size=cfg.train.batch_size)
 
 
 def _resolve_vocab(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str]:
