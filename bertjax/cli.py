@@ -37,14 +37,23 @@ def _load_for_inference(path: str):
 def _embed(args) -> None:
   import numpy as np
 
+  from bertjax.errors import UserError
   from bertjax.inference import embed
 
   model, tokenizer = _load_for_inference(args.checkpoint)
   result = embed(model, tokenizer, args.text, pooling=args.pooling, layer=args.layer,
                  max_length=args.max_length)
   if args.output:
-    if args.pooling == "none":
-      np.save(args.output, np.array(result, dtype=object), allow_pickle=True)
+    if args.pooling == "none":  # ragged: padded [n, len, hidden] + mask in one .npz, no pickle
+      if not args.output.endswith(".npz"):
+        raise UserError(f"--output {args.output}: --pooling none writes an .npz (embeddings "
+                        "[n, len, hidden] and mask [n, len]); name it .npz")
+      n, longest = len(result), max(len(r) for r in result)
+      padded = np.zeros((n, longest, result[0].shape[-1]), np.float32)
+      mask = np.zeros((n, longest), bool)
+      for i, r in enumerate(result):
+        padded[i, :len(r)], mask[i, :len(r)] = r, True
+      np.savez(args.output, embeddings=padded, mask=mask)
     else:
       np.save(args.output, result)
     print(json.dumps({"output": args.output}))
@@ -159,6 +168,12 @@ def _compile(args) -> int:
   return 0
 
 
+def _plot(args) -> None:
+  from bertjax.plot import plot_runs
+
+  print(json.dumps({"plot": str(plot_runs(args.runs, args.out))}))
+
+
 def _preset_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
   if items and "=" not in items[0]:
     return items[0], items[1:]
@@ -250,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
   s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
   s.add_argument("--max-length", type=_positive, default=None)
-  s.add_argument("--output", help="write a .npy file instead of printing JSON")
+  s.add_argument("--output", help="write a .npy file ([n, hidden]; --pooling none: an .npz "
+                 "with embeddings [n, len, hidden] and mask [n, len]) instead of printing JSON")
   s.set_defaults(func=_embed)
 
   s = sub.add_parser("fill-mask", help="predict [MASK] tokens")
@@ -258,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("text")
   s.add_argument("--top-k", type=_positive, default=5)
   s.set_defaults(func=_fill_mask)
+
+  s = sub.add_parser("plot", help="loss, accuracy, learning rate and tokens/s of runs, one PNG")
+  s.add_argument("runs", nargs="+", metavar="RUN", help="pretraining or fine-tuning run folders")
+  s.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
+  s.set_defaults(func=_plot)
 
   s = sub.add_parser("train-tokenizer", help="train a vocabulary from text files")
   s.add_argument("files", nargs="+")

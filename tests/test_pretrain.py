@@ -156,6 +156,19 @@ def test_cli_pretrain_then_fill_mask(corpus, tmp_path, capsys):
   assert all("ETA" in line for line in steps) and "tok/s" in steps[1]
   assert any(": eval " in line and "mlm_accuracy" in line for line in lines)
   assert any("checkpoint saving to" in line for line in lines)
+  # one figure of its curves; a folder without metrics is a one-line error
+  png = tmp_path / "plots" / "curves.png"
+  assert cli.main(["plot", str(tmp_path), "--out", str(png)]) == 0
+  capsys.readouterr()
+  import matplotlib.image
+
+  assert matplotlib.image.imread(png).shape[:2] == (770, 1210)
+  from bertjax.plot import read_metrics
+
+  rows = read_metrics(tmp_path)[tmp_path.name]
+  assert {r["split"] for r in rows} == {"train", "eval"}
+  assert cli.main(["plot", str(tmp_path / "plots")]) == 2
+  assert "no metrics.jsonl" in capsys.readouterr().err
   assert (tmp_path / "config.yaml").exists() and (tmp_path / "events").is_dir()
   assert cli.main(["fill-mask", str(tmp_path), "the [MASK] of the house", "--top-k", "3"]) == 0
   result = json.loads(capsys.readouterr().out)

@@ -61,6 +61,21 @@ def test_minilm_mean_pooled_embeddings_match(minilm, tmp_path):
   assert np.allclose(np.diag(cos), 1.0, atol=1e-5)
 
 
+def test_per_token_embeddings_load_without_pickle(minilm, tmp_path):
+  """--pooling none: one .npz, padded [n, len, hidden] + mask; np.load needs no allow_pickle."""
+  out_file = tmp_path / "tokens.npz"
+  assert cli.main(["embed", str(minilm), *SENTENCES, "--pooling", "none",
+                   "--output", str(out_file)]) == 0
+  with np.load(out_file) as f:  # allow_pickle defaults to False
+    emb, mask = f["embeddings"], f["mask"]
+  hf, hf_mask = hf_hidden(minilm_dir(), SENTENCES)
+  assert emb.shape == (3, hf_mask.shape[1], 384) and np.array_equal(mask, hf_mask.astype(bool))
+  assert np.max(np.abs((emb - hf.last_hidden_state.numpy()) * mask[..., None])) <= 1e-4
+  assert not emb[~mask].any()  # padding rows are zeros
+  assert cli.main(["embed", str(minilm), "hi", "--pooling", "none", "--output",
+                   str(tmp_path / "x.npy")]) == 2  # a one-line error: it must be .npz
+
+
 def test_minilm_hidden_states_match_at_every_layer(minilm):
   model, tokenizer = load_model_dir(minilm)
   hf, mask = hf_hidden(minilm_dir(), SENTENCES)

@@ -13,6 +13,7 @@ from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
 from bertjax.config import TaskDataConfig
 from bertjax.tasks.features import IGNORE, token_features, word_predictions
+from bertjax.errors import UserError
 from bertjax.tasks.formats import TaskDataError, check_labels, infer_labels, read_split
 from bertjax.tasks.qa import _windows, postprocess, qa_features
 
@@ -362,3 +363,27 @@ def test_unlabelled_multi_label_files_have_no_metrics(tmp_path, tokenizer):
   split = load_split("test", cfg, tokenizer, ("p", "q"))
   metrics, preds = evaluate_logits(split, np.zeros((2, 2), np.float32), cfg, ("p", "q"))
   assert metrics == {} and len(preds) == 2
+
+
+def test_packaged_task_data_works_anywhere(tmp_path):
+  """rt-polarity and wnut16-ner ship inside the package: their presets need no checkout."""
+  from bertjax.config import finetune_config
+  from bertjax.tasks.formats import data_file, read_split, split_source
+
+  rt = finetune_config("rt-polarity", [])
+  assert rt.data.dataset == "rt-polarity" and not rt.data.train
+  assert "bertjax/data/tasks/rt-polarity/train.jsonl" in split_source("train", rt.data)
+  assert len(read_split("train", rt.task, rt.data)) == 10201
+  assert len(read_split("test", rt.task, rt.data)) == 1276
+  ner = finetune_config("wnut16-ner", [])
+  sentences = read_split("validation", ner.task, ner.data)
+  assert len(sentences) == 239 and {"tokens", "tags"} <= set(sentences[0])
+  # a path overrides one split; the others stay packaged
+  own = tmp_path / "own.jsonl"
+  own.write_text('{"text": "fine", "label": "fresh"}\n')
+  mixed = finetune_config("rt-polarity", [f"data.train={own}"])
+  assert len(read_split("train", mixed.task, mixed.data)) == 1
+  assert len(read_split("validation", mixed.task, mixed.data)) == 1275
+  assert data_file("rt-polarity:test").endswith("rt-polarity/test.jsonl")
+  with pytest.raises(UserError, match="data.dataset=imdb is not shipped"):
+    read_split("train", "classification", finetune_config("rt-polarity", ["data.dataset=imdb"]).data)

@@ -33,6 +33,9 @@ class TaskDataConfig:
   files contain bare quotes); with ``header: false`` fields are column numbers ("0", "3")."""
 
   format: Literal["auto", "jsonl", "csv", "tsv", "glue", "conll", "squad", "tfds"] = "auto"
+  # A labeled set shipped with bertjax (rt-polarity, wnut16-ner): its splits are the defaults
+  # of train / validation / test below, and a path there overrides one.
+  dataset: str = ""
   train: str = ""  # a file; for format=tfds the split name
   validation: str = ""
   test: str = ""

@@ -32,7 +32,7 @@ from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
 from bertjax.params import leaf_name
 from bertjax.tasks.data import SplitData, encode, evaluate_logits, load_split
-from bertjax.tasks.formats import check_labels, infer_labels, read_split
+from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
 from bertjax.tasks.serve import Predictor
 from bertjax.tasks.start import initial_params, load_pretrained, task_model_config
 from bertjax.train.engine import build_engine, run_steps
@@ -101,8 +101,8 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
                       f"{model_cfg.vocab_size}; set data.tokenizer to the model's tokenizer")
   check_labels(train_examples, cfg.task, labels, "train")
   train = encode(train_examples, "train", cfg, tokenizer, labels)
-  dev = load_split("validation", cfg, tokenizer, labels) if cfg.data.validation else None
-  test = load_split("test", cfg, tokenizer, labels) if cfg.data.test else None
+  dev = load_split("validation", cfg, tokenizer, labels) if split_source("validation", cfg.data) else None
+  test = load_split("test", cfg, tokenizer, labels) if split_source("test", cfg.data) else None
   params = initial_params(model_cfg, source_params, cfg.init_from)
   del source_params
   mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size,

@@ -37,9 +37,42 @@ def resolve_format(path: str, cfg: TaskDataConfig) -> str:
   return fmt
 
 
+PACKAGED = Path(__file__).resolve().parent.parent / "data" / "tasks"  # data/tasks/README.md
+
+
+def packaged_datasets() -> list[str]:
+  return sorted(p.name for p in PACKAGED.iterdir() if p.is_dir())
+
+
+def split_source(split: str, cfg: TaskDataConfig) -> str:
+  """Where a split comes from: ``data.<split>`` if set, else the packaged ``data.dataset``'s
+  file for it ("" when neither has one)."""
+  where = getattr(cfg, split)
+  if where or not cfg.dataset:
+    return where
+  folder = PACKAGED / cfg.dataset
+  if not folder.is_dir():
+    raise TaskDataError(f"data.dataset={cfg.dataset} is not shipped with bertjax; use "
+                        f"{', '.join(packaged_datasets())} or set data.{split} to a file")
+  files = sorted(folder.glob(f"{split}.*"))
+  return str(files[0]) if files else ""
+
+
+def data_file(text: str) -> str:
+  """A file argument (evaluate / predict): a path, or ``NAME:SPLIT`` for a packaged split
+  (``rt-polarity:test``)."""
+  name, _, split = text.partition(":")
+  if Path(text).exists() or not split or not (PACKAGED / name).is_dir():
+    return text
+  found = sorted((PACKAGED / name).glob(f"{split}.*"))
+  if not found:
+    raise TaskDataError(f"{text}: the packaged {name} has no {split} split")
+  return str(found[0])
+
+
 def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
   """The examples of one split ("train", "validation", "test") as configured."""
-  where = getattr(cfg, split)
+  where = split_source(split, cfg)
   if not where:
     raise TaskDataError(f"data.{split} is not set")
   fmt = resolve_format(where, cfg)

@@ -19,6 +19,7 @@ from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_over
                             finetune_config, from_dict)
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
 from bertjax.tasks.data import MODEL_INPUTS, evaluate_logits, has_labels, load_split
+from bertjax.tasks.formats import data_file as packaged_or_path
 from bertjax.train.run_dir import write_text_atomic
 
 
@@ -78,6 +79,7 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
     saved = _run_config(model_path)
     cfg = from_dict(FinetuneConfig, saved or {"init_from": model_path, "task": task})
     cfg = apply_overrides(cfg, base + list(overrides))
+  data_file = packaged_or_path(data_file)
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test=data_file))
   with sharding.use_mesh(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):
     model, tokenizer = load_model_dir(model_path)
