@@ -90,3 +90,19 @@ def test_bad_topology_is_one_line(capsys):
   assert main(["compile", "bert-demo", "--topology", "v9-8"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "--topology v9-8" in err[0]
+
+
+def test_scanned_costs_equal_the_unrolled_program():
+  """XLA counts a scanned loop body once; the report extrapolates unrolled 1- and 2-group
+  compiles instead, which matches compiling every layer unrolled."""
+  from bertjax.config import experiment_config
+  from bertjax.train.aot import compile_pretraining
+
+  small = ["model.num_layers=3", "data.max_seq_length=128", "train.batch_size=16"]
+  scanned = compile_pretraining(experiment_config("bert-demo", small + ["model.scan_layers=true"]),
+                                "v5e-4")
+  unrolled = compile_pretraining(experiment_config("bert-demo", small), "v5e-4")
+  assert scanned["cost_basis"].startswith("unrolled") and unrolled["cost_basis"] == "the compiled step"
+  assert scanned["xla_flops_per_device"] == pytest.approx(unrolled["xla_flops_per_device"], rel=0.01)
+  assert scanned["bytes_accessed_per_device"] == pytest.approx(
+      unrolled["bytes_accessed_per_device"], rel=0.05)
