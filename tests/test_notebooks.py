@@ -2,7 +2,6 @@
 QUICK settings, in a fresh folder; any cell error fails. Notebooks are stored without outputs."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
