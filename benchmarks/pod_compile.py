@@ -28,23 +28,29 @@ BERT_LARGE = ["model.dtype=bfloat16", "model.max_position_embeddings=512",
 
 
 def cases(quick: bool):
-  """(label, preset, overrides, topology, vocab)"""
-  out = [(f"BERT-large 64/chip remat={remat}", "bert-large-pretrain",
-          BERT_LARGE + [f"model.remat={remat}"], "v5e-4", 30522)
-         for remat in ("none", "full", "names", "dots")]
+  """(label, preset, overrides, topology, vocab, FLOPs too?) -- most telling first."""
+  out = [
+      # the pod presets on their target slices: fit, and a roofline MFU
+      ("BERT-large (preset: 64/chip, fsdp 4, remat names)", "bert-large-pretrain", [], "v5e-16",
+       30522, True),
+      ("ModernBERT-large seq 8192 (preset, splash)", "modernbert-large-pretrain", [], "v5p-8",
+       50368, True),
+      ("EuroBERT-2.1B seq 2048 (preset, fsdp 32)", "eurobert-2.1b-pretrain", [], "v5p-64",
+       128256, True),
+  ]
+  # BERT-large, 64 sequences per chip on 4 chips: memory per remat policy, v5e and v5p
+  out += [(f"BERT-large 64/chip remat={remat}", "bert-large-pretrain",
+           BERT_LARGE + [f"model.remat={remat}"], "v5e-4", 30522, remat == "full")
+          for remat in ("none", "full", "names", "dots")]
   if quick:
     return out
   out.append(("BERT-large 64/chip remat=none", "bert-large-pretrain",
-              BERT_LARGE + ["model.remat=none"], "v5p-8", 30522))
-  for layers, scan in ((2, "true"), (2, "false"), (24, "false")):  # 24 scanned: the row above
+              BERT_LARGE + ["model.remat=none"], "v5p-8", 30522, False))
+  # compile time against depth, scanned and unrolled (FLOPs of the unrolled 24 layers: no remat)
+  for layers, scan in ((2, "true"), (24, "true"), (2, "false"), (24, "false")):
     out.append((f"BERT-large {layers} layers scan={scan} remat=none", "bert-large-pretrain",
                 BERT_LARGE + [f"model.num_layers={layers}", f"model.scan_layers={scan}",
-                              "model.remat=none"], "v5p-8", 30522))
-  out.append(("BERT-large (preset: 64/chip, fsdp 4, names)", "bert-large-pretrain", [],
-              "v5e-16", 30522))
-  out.append(("ModernBERT-large seq 8192 (preset)", "modernbert-large-pretrain", [], "v5p-8",
-              50368))
-  out.append(("EuroBERT-2.1B seq 2048 (preset)", "eurobert-2.1b-pretrain", [], "v5p-64", 128256))
+                              "model.remat=none"], "v5p-8", 30522, False))
   return out
 
 
@@ -57,8 +63,9 @@ def main() -> int:
   print("| plan | slice | params+opt / chip | temp / chip | total / chip | HBM | fits | "
         "XLA/analytic FLOPs | roofline MFU | compile s |")
   print("|---|---|---|---|---|---|---|---|---|---|")
-  for label, preset, overrides, topology, vocab in cases(args.quick):
-    r = compile_pretraining(experiment_config(preset, overrides), topology, vocab_size=vocab)
+  for label, preset, overrides, topology, vocab, flops in cases(args.quick):
+    r = compile_pretraining(experiment_config(preset, overrides), topology, vocab_size=vocab,
+                            unrolled_costs=flops)
     per = r["per_device"]
     g = lambda b: "-" if b is None else f"{b / GiB:.2f} GiB"
     ratio = r.get("xla_over_analytic")

@@ -169,11 +169,12 @@ def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, flo
 
 
 def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
-                        save: str | Path | None = None,
-                        vocab_size: int | None = None) -> dict[str, Any]:
+                        save: str | Path | None = None, vocab_size: int | None = None,
+                        unrolled_costs: bool = True) -> dict[str, Any]:
   """Compile ``cfg``'s train and eval steps for ``slices`` x ``topology``; -> the report.
   ``vocab_size``: use it instead of the tokenizer's (a production vocabulary you don't have
-  here)."""
+  here). ``unrolled_costs`` False: skip the two extra compiles that give a scanned step's FLOPs
+  (the report then has memory only)."""
   from bertjax.objectives import check_objective
   from bertjax.train.pretrain import _distillation_config, _plan_engine
 
@@ -208,9 +209,12 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
     if compiled is not None:
       eval_compiled = engine.eval_step.lower(state.params, batch, state.frozen).compile()
       costs, basis = _costs(compiled), "the compiled step"
-      unrolled = _extrapolated_costs(cfg, shapes) if cfg.model.scan_layers else None
+      unrolled = (_extrapolated_costs(cfg, shapes) if cfg.model.scan_layers and unrolled_costs
+                  else None)
       if unrolled is not None:  # XLA's cost analysis counts a while-loop body once
         costs, basis = unrolled, "unrolled 1- and 2-group compiles, extrapolated"
+      elif cfg.model.scan_layers and not unrolled_costs:
+        costs, basis = None, None
 
   tokens = cfg.train.batch_size * cfg.data.max_seq_length
   teacher = None
@@ -249,14 +253,15 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
     per.update(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
                alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
                code_bytes=mem.generated_code_size_in_bytes, total_bytes=live)
-    xla_flops, accessed = costs  # per device: the partitioned program
     hlo = compiled.as_text() or ""
     report.update(fits=spec is None or live <= spec.hbm_bytes,
-                  mosaic_kernels=hlo.count('custom_call_target="tpu_custom_call"'),
-                  xla_flops_per_device=xla_flops,
-                  xla_over_analytic=xla_flops * n / analytic if analytic else None,
-                  bytes_accessed_per_device=accessed, cost_basis=basis)
-    if spec is not None:  # a roofline: the step is as slow as its FLOPs or its HBM traffic
+                  mosaic_kernels=hlo.count('custom_call_target="tpu_custom_call"'))
+    if costs is not None:
+      xla_flops, accessed = costs  # per device: the partitioned program
+      report.update(xla_flops_per_device=xla_flops,
+                    xla_over_analytic=xla_flops * n / analytic if analytic else None,
+                    bytes_accessed_per_device=accessed, cost_basis=basis)
+    if spec is not None and costs is not None:  # roofline: as slow as its FLOPs or HBM traffic
       seconds = max(xla_flops / spec.peak_flops, accessed / spec.hbm_bandwidth)
       report.update(roofline_step_seconds=seconds,
                     roofline_mfu=analytic / n / spec.peak_flops / seconds if seconds else None)
