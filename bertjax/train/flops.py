@@ -30,6 +30,16 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int, mlm_fraction: float)
   return forward
 
 
+def kernel_attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Forward FLOPs per token of the attention scores and values alone (q k^T and p v), local
+  layers over their window only: what a fused attention kernel (splash) computes. XLA's cost
+  analysis cannot see inside a Pallas/Mosaic kernel, so ``bertjax compile`` adds these."""
+  n, d = cfg.num_heads, cfg.dim_per_head
+  per_layer = lambda b: 4.0 * n * d * (min(seq_len, 2 * cfg.local_window + 1)
+                                       if cfg.is_local_layer(b) else seq_len)
+  return sum(per_layer(b) for b in cfg.block_schedule())
+
+
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
   """Forward + backward of one model trained with MLM at ``predictions_per_seq`` positions."""
   return 3.0 * forward_flops_per_token(cfg, seq_len, predictions_per_seq / seq_len)
