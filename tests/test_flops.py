@@ -63,3 +63,20 @@ def test_step_flops_match_the_compiled_step(objective):
   analytic = step_flops_per_token(cfg, teacher) * B * T
   # XLA also counts element-wise work (softmax, norms, Adam): a few percent above the matmuls
   assert 0.85 <= analytic / xla_flops(model, loss, frozen) <= 1.0
+
+
+def test_local_layers_count_their_window_only():
+  """ModernBERT's local layers attend over 2w+1 keys: the model FLOPs (and so the MFU) count
+  that window, not the whole sequence (MaxText's sliding-window convention)."""
+  from bertjax.train.flops import forward_flops_per_token, kernel_attention_flops_per_token
+
+  seq, w = 8192, 64
+  local = model_config(dict(BASE, num_layers=3, local_window=w,
+                            global_every=3))
+  full = dataclasses.replace(local, local_window=None)
+  n, d = local.num_heads, local.dim_per_head
+  saved = 2 * 4 * n * d * (seq - (2 * w + 1))  # two local layers: scores + values, forward
+  assert forward_flops_per_token(full, seq, 0.0) - forward_flops_per_token(local, seq, 0.0) \
+      == pytest.approx(saved)
+  assert kernel_attention_flops_per_token(local, seq) == pytest.approx(
+      4 * n * d * (seq + 2 * (2 * w + 1)))

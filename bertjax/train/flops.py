@@ -12,14 +12,16 @@ from bertjax.config import ExperimentConfig, ModelConfig
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int, mlm_fraction: float) -> float:
-  """One forward pass, per token: the encoder, the MLM head on ``mlm_fraction`` of the tokens
+  """One forward pass, per token: the encoder (local layers over their window, as MaxText
+  counts sliding-window layers), the MLM head on ``mlm_fraction`` of the tokens
   (logits only at masked positions, or at every token), ELECTRA's replaced-token head."""
-  h, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+  h, f = cfg.hidden_size, cfg.intermediate_size
   n, kv, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head
   proj = h * (n + 2 * kv) * d + n * d * h  # q, k, v, out
   mlp = h * f * (3 if cfg.mlp_type == "glu" else 2)
-  per_layer = 2 * (proj + mlp) + 2 * 2 * seq_len * n * d  # matmuls + scores + values
-  forward = layers * per_layer
+  # matmuls + scores + values; a local layer attends over its window only
+  forward = sum(2 * (proj + mlp) + 2 * 2 * _attended(cfg, b, seq_len) * n * d
+                for b in range(cfg.num_layers))
   if cfg.embed_size != h:
     forward += 2 * cfg.embed_size * h
   if "mlm" in cfg.heads:  # transform + decoder
@@ -35,9 +37,12 @@ def kernel_attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   layers over their window only: what a fused attention kernel (splash) computes. XLA's cost
   analysis cannot see inside a Pallas/Mosaic kernel, so ``bertjax compile`` adds these."""
   n, d = cfg.num_heads, cfg.dim_per_head
-  per_layer = lambda b: 4.0 * n * d * (min(seq_len, 2 * cfg.local_window + 1)
-                                       if cfg.is_local_layer(b) else seq_len)
-  return sum(per_layer(b) for b in cfg.block_schedule())
+  return sum(4.0 * n * d * _attended(cfg, b, seq_len) for b in range(cfg.num_layers))
+
+
+def _attended(cfg: ModelConfig, layer: int, seq_len: int) -> int:
+  """Keys each query attends to in ``layer``: the whole sequence, or a local layer's window."""
+  return min(seq_len, 2 * cfg.local_window + 1) if cfg.is_local_layer(layer) else seq_len
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
