@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import json
 import sys
 import warnings
@@ -11,10 +12,11 @@ from pathlib import Path
 
 
 def _import_hf(args) -> None:
+  from bertjax import storage
   from bertjax.interop import import_hf
 
   cfg = import_hf(args.src, args.dst, overwrite=args.overwrite)
-  print(json.dumps({"checkpoint": str(Path(args.dst).absolute()), "family": cfg.family,
+  print(json.dumps({"checkpoint": str(storage.absolute(args.dst)), "family": cfg.family,
                     "heads": list(cfg.heads), "pooler": cfg.pooler}))
 
 
@@ -37,6 +39,7 @@ def _load_for_inference(path: str):
 def _embed(args) -> None:
   import numpy as np
 
+  from bertjax import storage
   from bertjax.errors import UserError
   from bertjax.inference import embed
 
@@ -53,9 +56,15 @@ def _embed(args) -> None:
       mask = np.zeros((n, longest), bool)
       for i, r in enumerate(result):
         padded[i, :len(r)], mask[i, :len(r)] = r, True
-      np.savez(args.output, embeddings=padded, mask=mask)
+      arrays = {"embeddings": padded, "mask": mask}
     else:
-      np.save(args.output, result)
+      arrays = {None: result}
+    if storage.is_url(args.output):  # object storage: one upload of the finished file
+      buffer = io.BytesIO()
+      np.save(buffer, result) if None in arrays else np.savez(buffer, **arrays)
+      storage.write_bytes(args.output, buffer.getvalue())
+    else:
+      np.save(args.output, result) if None in arrays else np.savez(args.output, **arrays)
     print(json.dumps({"output": args.output}))
   else:
     rows = result if args.pooling == "none" else list(result)

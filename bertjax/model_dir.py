@@ -1,14 +1,13 @@
 """A bertjax model folder: ``config.yaml`` + ``params/`` (Orbax) + ``tokenizer/``.
 
 This is what ``import-hf`` and training write and ``embed`` / ``fill-mask`` / ``export-hf`` /
-fine-tuning read (a run's checkpoints are ``train/checkpointer.py``'s). Writes go to a temporary
-sibling that is renamed into place, so a failed write never leaves a half folder.
+fine-tuning read (a run's checkpoints are ``train/checkpointer.py``'s). Local or on object
+storage (``bertjax.storage``); a failed write never leaves a half folder that reads as whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import jax
@@ -17,7 +16,7 @@ import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
 
-from bertjax import sharding
+from bertjax import sharding, storage
 from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict, load_yaml, to_dict
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.models import Model
@@ -48,44 +47,32 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 def save_model_dir(dst: str | Path, model: Model, tokenizer: Tokenizer | None = None,
                    *, overwrite: bool = False) -> Path:
-  """Write a model folder. Multi-host safe: every process calls this (Orbax writes each
-  process's shards); process 0 writes the small files and renames the folder into place."""
+  """Write a model folder, whole or not at all (``storage.publish_dir``: a renamed temporary
+  sibling locally, a commit marker on object storage). Multi-host safe: every process calls
+  this (Orbax writes each process's shards); process 0 writes the small files."""
   from jax.experimental import multihost_utils
 
-  dst = Path(dst).absolute()
   primary = jax.process_index() == 0
-  if dst.exists() and not overwrite:
-    raise FileExistsError(f"{dst} already exists; choose another folder or remove it")
-  tmp = dst.parent / f".{dst.name}.partial"
-  if primary:
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-  multihost_utils.sync_global_devices("bertjax:save_model_dir:start")
-  try:
+  barrier = lambda name: multihost_utils.sync_global_devices(f"bertjax:save_model_dir:{name}")
+  with storage.publish_dir(dst, overwrite=overwrite, primary=primary, barrier=barrier) as tmp:
     with ocp.StandardCheckpointer() as ckpt:
       ckpt.save(tmp / "params", _nest(flat_params(model)))
-    multihost_utils.sync_global_devices("bertjax:save_model_dir:params")
+    barrier("params")
     if primary:
-      (tmp / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(model.config)},
-                                                      sort_keys=False))
+      storage.write_text(tmp / "config.yaml",
+                         yaml.safe_dump({"model": to_dict(model.config)}, sort_keys=False))
       if tokenizer is not None:
         tokenizer.save(tmp / "tokenizer")
-      if dst.exists():
-        shutil.rmtree(dst)
-      tmp.rename(dst)
-  except BaseException:
-    if primary:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  multihost_utils.sync_global_devices("bertjax:save_model_dir:done")
-  return dst
+  return storage.absolute(dst)
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-  """A model folder, or a pretraining run folder (its exported ``model/``)."""
-  path = Path(path)
+  """A model folder, or a pretraining run folder (its exported ``model/``). A folder on object
+  storage must be complete (its commit marker)."""
+  path = storage.as_path(path)
   if not (path / "params").exists() and (path / "model" / "params").exists():
-    return path / "model"
+    path = path / "model"
+  storage.check_published(path, "model folder")
   return path
 
 
@@ -183,7 +170,7 @@ def read_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def _params_dir(path: str | Path) -> Path:
-  path = (resolve_model_dir(path) / "params").absolute()
+  path = storage.absolute(resolve_model_dir(path) / "params")
   if not path.is_dir():
     raise ConfigError(f"{path.parent} is not a bertjax model folder (no params/)")
   return path

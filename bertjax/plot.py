@@ -22,7 +22,9 @@ PANELS = (
 
 def read_metrics(run: str | Path) -> dict[str, list[dict]]:
   """{label: rows} for a run folder (or each ``seed-*`` inside one)."""
-  run = Path(run)
+  from bertjax.storage import as_path
+
+  run = as_path(run)
   files = ([run / "metrics.jsonl"] if (run / "metrics.jsonl").exists()
       else sorted(run.glob("seed-*/metrics.jsonl")))
   if not files:

@@ -247,7 +247,9 @@ def _validate_path(cls, path: list[str]) -> None:
 
 
 def load_yaml(path: str | Path) -> dict:
-  path = Path(path)
+  from bertjax.storage import as_path
+
+  path = as_path(path)
   try:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
   except FileNotFoundError:

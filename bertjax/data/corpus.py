@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertjax import storage
 from bertjax.config import DataConfig
 from bertjax.data import sources
 from bertjax.data.instances import (InstanceStore, Specials, deserialize, full_sentence_instances,
@@ -93,14 +94,17 @@ def token_counts(store: InstanceStore, vocab_size: int) -> np.ndarray:
 def load_corpus(cfg: DataConfig) -> Corpus:
   """Instances from raw text (tokenized now) or from a ``prepare-data`` ArrayRecord folder."""
   if is_prepared(cfg.source):
-    root = Path(cfg.source)
+    root = storage.as_path(cfg.source)
+    storage.check_published(root, "prepared data folder")
     meta = read_meta(root)
     if not (root / UNIGRAM).exists():
       raise sources.DataError(f"data.source {root} has no {UNIGRAM} (prepared by an older "
                               "bertjax); run bertjax prepare-data again")
+    with (root / UNIGRAM).open("rb") as f:
+      unigram = np.load(f)
     return Corpus(ArrayRecordStore([root / n for n in meta["train"]]),
                   ArrayRecordStore([root / n for n in meta["eval"]]),
-                  Tokenizer.from_dir(root / "tokenizer"), np.load(root / UNIGRAM))
+                  Tokenizer.from_dir(root / "tokenizer"), unigram)
   tokenizer = load_tokenizer(cfg)
   docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
                                 tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
@@ -139,8 +143,8 @@ class ArrayRecordStore:
 
 
 def is_prepared(path: str | Path) -> bool:
-  return (Path(path) / META).exists()
+  return (storage.as_path(path) / META).exists()
 
 
 def read_meta(path: str | Path) -> dict:
-  return json.loads((Path(path) / META).read_text())
+  return json.loads((storage.as_path(path) / META).read_text())

@@ -8,12 +8,12 @@ and masks them on the fly, as the original TPU setup read TFRecords.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from bertjax import storage
 from bertjax.config import DataConfig, to_dict
 from bertjax.data.corpus import META, UNIGRAM, load_corpus
 from bertjax.data.instances import InstanceStore, serialize
@@ -35,23 +35,23 @@ def write_shards(store: InstanceStore, out: Path, split: str, num_shards: int) -
 
 
 def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int = 4) -> Path:
-  out = Path(out_dir).absolute()
-  if out.exists():
+  """Write the folder whole or not at all (``storage.publish_dir``), locally or on object
+  storage (shards are written locally first, then uploaded)."""
+  out = storage.absolute(out_dir)
+  if storage.exists(out):
     raise FileExistsError(f"{out} already exists; choose another folder or remove it")
   corpus = load_corpus(cfg)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
+  with storage.publish_dir(out) as dst, tempfile.TemporaryDirectory() as scratch:
+    local = dst if not storage.is_url(dst) else Path(scratch)
     meta = {"data": to_dict(cfg), "unigram_token": corpus.unigram_token,
-            "train": write_shards(corpus.train, tmp, "train", num_shards),
-            "eval": write_shards(corpus.eval, tmp, "eval", 1),
+            "train": write_shards(corpus.train, local, "train", num_shards),
+            "eval": write_shards(corpus.eval, local, "eval", 1),
             "num_train": len(corpus.train), "num_eval": len(corpus.eval),
             "train_tokens": corpus.train.num_tokens}
-    corpus.tokenizer.save(tmp / "tokenizer")
-    np.save(tmp / UNIGRAM, corpus.unigram)  # SpanBERT's random replacements need the counts
-    (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.rename(out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    np.save(local / UNIGRAM, corpus.unigram)  # SpanBERT's random replacements need the counts
+    if local != dst:
+      for name in (*meta["train"], *meta["eval"], UNIGRAM):
+        storage.copy_file(local / name, dst / name)
+    corpus.tokenizer.save(dst / "tokenizer")
+    storage.write_text(dst / META, json.dumps(meta, indent=1) + "\n")
   return out

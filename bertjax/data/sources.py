@@ -63,9 +63,11 @@ def read_text_documents(paths: list[Path]) -> list[list[str]]:
 
 def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterator[tuple[int, dict]]:
   """(line number, object) per non-blank line; a bad line raises ``error`` naming file:line."""
+  from bertjax import storage
+
   n = 0
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.as_path(path).open(encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -124,6 +126,12 @@ def read_documents(source: str, *, text_field: str = "text", tfds_split: str = "
     return read_text_documents(corpus_files())
   if source.startswith("tfds:"):
     return read_tfds_documents(source[5:], tfds_split, text_field, tfds_data_dir)
+  from bertjax import storage
+
+  if storage.is_url(source):  # object storage: read from a local copy (text is read whole)
+    if not storage.exists(source):
+      raise DataError(f"data.source {source} does not exist")
+    source = str(storage.local_copy(source))
   path = Path(source)
   if not path.exists():
     raise DataError(f"data.source {source} does not exist")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -141,9 +140,12 @@ class Tokenizer:
 
   @classmethod
   def from_dir(cls, path: str | Path) -> "Tokenizer":
-    path = Path(path)
-    if not path.is_dir():
-      raise TokenizerError(f"tokenizer folder {path} does not exist")
+    from bertjax import storage
+
+    where = storage.as_path(path)
+    if not where.is_dir():
+      raise TokenizerError(f"tokenizer folder {where} does not exist")
+    path = storage.local_copy(where)  # the tokenizer libraries open local files only
     config = _read_json(path / "tokenizer_config.json")
     lowercase = bool(config.get("do_lower_case", True))
     if (path / "tokenizer.json").exists():
@@ -171,10 +173,12 @@ class Tokenizer:
                files)
 
   def save(self, dst: str | Path) -> Path:
-    dst = Path(dst)
+    from bertjax import storage
+
+    dst = storage.as_path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for f in self.source_files:
-      shutil.copy2(f, dst / f.name)
+      storage.copy_file(f, dst / f.name)
     return dst
 
   # -- vocabulary ----------------------------------------------------------------------------

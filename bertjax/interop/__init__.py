@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flax import nnx
 
+from bertjax import storage
 from bertjax.config import ModelConfig
 from bertjax.data.tokenizer import Tokenizer, TokenizerError
 from bertjax.interop.hf import HFImportError, load_hf, save_hf
@@ -27,7 +28,7 @@ __all__ = ["HFImportError", "export_hf", "get_adapter", "import_hf", "load_hf", 
 def import_hf(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> ModelConfig:
   """A transformers folder -> a bertjax model folder; returns the imported model's config.
   A folder without a usable tokenizer is imported without one (with a warning)."""
-  if Path(dst).exists() and not overwrite:
+  if storage.exists(dst) and not overwrite:
     raise FileExistsError(f"{dst} already exists; choose another folder or pass --overwrite")
   cfg, params = load_hf(src)
   model = assign_flat_params(Model(cfg, rngs=nnx.Rngs(0)), params)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
+from bertjax import storage
 from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict
 from bertjax.errors import UserError
 from bertjax.interop.adapter import task_config_from_hf, task_config_to_hf
@@ -99,8 +100,9 @@ def normalize_key(key: str, prefix: str) -> str:
 
 
 def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-  """Read a transformers folder -> (bertjax ModelConfig, flat bertjax parameters)."""
-  src = Path(src)
+  """Read a transformers folder -> (bertjax ModelConfig, flat bertjax parameters). On object
+  storage it is read from a local copy (safetensors maps local files)."""
+  src = storage.local_copy(src)
   config_path = src / "config.json"
   if not config_path.exists():
     raise HFImportError(f"{src}: no config.json (is this a transformers model folder?)")
@@ -197,15 +199,20 @@ def save_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = No
       state[adapter.decoder_bias_key] = state[key]  # untied: transformers reads decoder.bias
   for key, pieces in parts.items():  # fused HF weights (ModernBERT Wqkv, Wi)
     state[key] = np.ascontiguousarray(np.concatenate([pieces[i] for i in sorted(pieces)], axis=0))
-  dst = Path(dst)
-  dst.mkdir(parents=True, exist_ok=True)
-  save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
   hf_config = dict(adapter.config_to_hf(cfg), **task_config_to_hf(cfg),
                    model_type=adapter.hf_model_type,
                    architectures=[architecture])
-  (dst / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+  dst = storage.absolute(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory() as scratch:  # object storage: written here, then uploaded
+    local = Path(scratch) if storage.is_url(dst) else dst
+    save_file(state, str(local / "model.safetensors"), metadata={"format": "pt"})
+    if local != dst:
+      storage.copy_file(local / "model.safetensors", dst / "model.safetensors")
   if tokenizer_dir is not None:
-    copy_tokenizer_files(Path(tokenizer_dir), dst)
+    copy_tokenizer_files(storage.as_path(tokenizer_dir), dst)
+  # config.json last: a folder without it is not a transformers folder to any reader
+  storage.write_text(dst / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   return dst
 
 
@@ -213,6 +220,6 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
   copied = []
   for name in TOKENIZER_FILES:
     if (src / name).exists():
-      shutil.copy2(src / name, dst / name)
+      storage.copy_file(src / name, dst / name)
       copied.append(name)
   return copied

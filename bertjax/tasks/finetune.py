@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bertjax import sharding
+from bertjax import sharding, storage
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
 from bertjax.data.pipeline import EpochSampler
 from bertjax.data.tokenizer import Tokenizer
@@ -86,7 +86,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   """Fine-tune once per seed; returns (and writes to ``run_dir/summary.json``) the per-seed
   dev/test metrics and their medians. Everything (data, labels, the starting model, the mesh)
   is checked before the run folder is touched; resuming follows ``run_dir.claim_run_dir``."""
-  run_dir = Path(cfg.run_dir)
+  run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
   source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
   if cfg.data.tokenizer:

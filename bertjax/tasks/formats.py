@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bertjax import storage
 from bertjax.config import TaskDataConfig
 from bertjax.errors import UserError
 from bertjax.data.sources import read_jsonl
@@ -62,7 +63,7 @@ def data_file(text: str) -> str:
   """A file argument (evaluate / predict): a path, or ``NAME:SPLIT`` for a packaged split
   (``rt-polarity:test``)."""
   name, _, split = text.partition(":")
-  if Path(text).exists() or not split or not (PACKAGED / name).is_dir():
+  if storage.is_url(text) or Path(text).exists() or not split or not (PACKAGED / name).is_dir():
     return text
   found = sorted((PACKAGED / name).glob(f"{split}.*"))
   if not found:
@@ -79,7 +80,7 @@ def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
   if fmt == "tfds":
     rows = _tfds_rows(where, cfg)
   else:
-    if not Path(where).is_file():
+    if not storage.as_path(where).is_file():
       raise TaskDataError(f"data.{split}: {where} does not exist")
     if fmt == "squad":
       if task != "qa":
@@ -121,7 +122,7 @@ def _read_rows(path: str, fmt: str, cfg: TaskDataConfig) -> list[tuple[int, dict
   delimiter = "," if fmt == "csv" else "\t"
   quoting = csv.QUOTE_NONE if fmt == "glue" else csv.QUOTE_MINIMAL
   csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-  with open(path, encoding="utf-8", newline="") as f:
+  with storage.as_path(path).open(encoding="utf-8", newline="") as f:
     reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
     lines = list(reader)
   if cfg.header:
@@ -277,7 +278,7 @@ def read_conll(path: str) -> list[dict]:
   """token<TAB>tag per line (the first column is the token, the last the tag), a blank line
   between sentences; ``-DOCSTART-`` lines are skipped."""
   sentences, tokens, tags, start = [], [], [], 1
-  with open(path, encoding="utf-8") as f:
+  with storage.as_path(path).open(encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       line = line.rstrip("\n").rstrip("\r")
       if not line.strip():
@@ -300,7 +301,7 @@ def read_conll(path: str) -> list[dict]:
 def read_squad(path: str) -> list[dict]:
   """SQuAD v1.1 / v2.0 JSON -> one example per question."""
   try:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = json.loads(storage.as_path(path).read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
     raise TaskDataError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
   except UnicodeDecodeError as e:

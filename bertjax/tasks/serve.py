@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,7 +13,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bertjax import sharding
+from bertjax import sharding, storage
 from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
                             finetune_config, from_dict)
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
@@ -66,8 +65,8 @@ def _task_of(model_cfg: ModelConfig) -> str:
 
 def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
            batch_size: int, need_labels: bool = False):
-  seeds = sorted(Path(model_path).glob("seed-*/model"))
-  if seeds and not (Path(model_path) / "model").exists():
+  seeds = sorted(storage.as_path(model_path).glob("seed-*/model"))
+  if seeds and not (storage.as_path(model_path) / "model").exists():
     raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
                       f"{seeds[0].parent}")
   model_cfg = read_model_config(model_path)
@@ -122,8 +121,8 @@ def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None
 def predict_model(model_path: str, data_file: str, output: str, task_yaml: str | None = None,
                   overrides: list[str] = (), batch_size: int = 64) -> int:
   """Write one JSON line per example to ``output``; returns the count."""
-  out = Path(output)
-  if out.is_dir() or not out.parent.is_dir():
+  out = storage.as_path(output)
+  if out.is_dir() or not (storage.is_url(out) or out.parent.is_dir()):
     problem = "is a folder" if out.is_dir() else "is in a folder that does not exist"
     raise ConfigError(f"--output {output} {problem}; name a file to write")
   _, preds = _serve(model_path, data_file, task_yaml, overrides, batch_size)

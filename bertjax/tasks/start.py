@@ -4,12 +4,12 @@ transformers folder imported on the fly) and the config of the same body with th
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
+from bertjax import storage
 from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
                             family_defaults, from_dict, to_dict)
 from bertjax.data.tokenizer import Tokenizer, TokenizerError
@@ -32,7 +32,7 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
   A bertjax folder's parameters come back as ``jax.ShapeDtypeStruct``s read from its metadata:
   fine-tuning restores them later straight into the sharded train state (``restore_params``);
   a transformers folder's are host arrays (converted from its safetensors)."""
-  p = Path(path)
+  p = storage.as_path(path)
   if (p / "config.json").exists() and not (p / "config.yaml").exists():
     cfg, params = load_hf(p)
     try:
@@ -40,7 +40,7 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
     except TokenizerError:
       tokenizer = None
     return cfg, params, tokenizer
-  if not p.exists():
+  if not storage.exists(p):
     raise ConfigError(f"init_from={path} does not exist")
   shapes = read_param_shapes(p)
   return (read_model_config(p), {k: jax.ShapeDtypeStruct(v, np.float32) for k, v in shapes.items()},

@@ -1,9 +1,10 @@
 """A run's checkpoints (Orbax CheckpointManager): train state + grain iterator state, async,
 keep-N / keep-every-K.
 
-Orbax writes each step into a temporary folder and renames it when complete, so a save that
-is interrupted never replaces the previous good checkpoint (``latest_step`` only sees finished
-ones). Restoring takes an abstract target carrying the *current* mesh's shardings, so a run can
+Orbax writes each step into a temporary folder and renames it when complete (on object
+storage, where there is no rename: writes it in place and marks it ``commit_success.txt``), so a
+save that is interrupted never replaces the previous good checkpoint (``latest_step`` only sees
+finished ones). Restoring takes an abstract target carrying the *current* mesh's shardings, so a run can
 resume on a different mesh shape. Grain iterator state is per process: it is restored only when
 the process count matches (otherwise the model/optimizer state alone is restored). A finished
 checkpoint that can't be read (a truncated file, emptied metadata) is passed over for the
@@ -12,7 +13,6 @@ newest readable one, and moved aside once an older one has restored.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from bertjax import storage
 from bertjax.config import CheckpointConfig
 from bertjax.errors import RunDirError
 
@@ -32,7 +33,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=cfg.keep, keep_period=cfg.keep_every,
         enable_async_checkpointing=cfg.async_save, create=True)
-    self.directory = Path(directory).absolute()
+    self.directory = storage.absolute(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
     self.every = cfg.every
@@ -87,8 +88,7 @@ class Checkpointer:
     dest = self.directory.parent / UNREADABLE / str(step)
     if jax.process_index() == 0:
       dest.parent.mkdir(parents=True, exist_ok=True)
-      shutil.rmtree(dest, ignore_errors=True)
-      shutil.move(str(self.directory / str(step)), str(dest))
+      storage.move_tree(self.directory / str(step), dest)
     multihost_utils.sync_global_devices(f"bertjax:set_aside:{step}")
     self.manager.reload()
     warnings.warn(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); "

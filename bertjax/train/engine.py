@@ -230,6 +230,7 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     guard_check(engine.state.guard)  # never a halted state
     if checkpointer.save(step, engine.state, data_iterator, force=force):
       progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
+      writer.flush()  # the metric history reaches the run folder with each checkpoint
 
   while step < steps and not preempted.is_set() and not stopped_early:
     batch = engine.batch(next(batches))

@@ -4,27 +4,43 @@ rich bar on a terminal, plain log lines elsewhere. (clu's writers need TensorFlo
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 
+from bertjax import storage
+
 
 class MetricWriter:
   """``purge_step``: a run restarting there hides TensorBoard events from that step on (the
-  caller trims ``metrics.jsonl`` the same way)."""
+  caller trims ``metrics.jsonl`` the same way). On object storage, which cannot append, the
+  event file is written locally and ``metrics.jsonl`` kept in memory; both are uploaded whole
+  at most every ``sync_seconds``, at each checkpoint (``flush``) and on close."""
 
-  def __init__(self, run_dir: Path, enabled: bool | None = None, purge_step: int | None = None):
+  def __init__(self, run_dir: Path, enabled: bool | None = None, purge_step: int | None = None,
+               sync_seconds: float = 30.0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = None
     self._jsonl = None
+    self._remote = storage.is_url(run_dir)
+    self._path = run_dir / "metrics.jsonl"
+    self._sync_seconds, self._synced = sync_seconds, time.monotonic()
+    self._events = run_dir / "events"
     if self.enabled:
       from tensorboardX import SummaryWriter
 
       run_dir.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(str(run_dir / "events"), purge_step=purge_step)
-      self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+      if self._remote:  # events go to a local file, uploaded whole at each sync
+        self._local_events = Path(tempfile.mkdtemp(prefix="bertjax-events-"))
+        self._tb = SummaryWriter(str(self._local_events), purge_step=purge_step)
+        self._lines = self._path.read_text(encoding="utf-8") if self._path.exists() else ""
+      else:
+        self._tb = SummaryWriter(str(self._events), purge_step=purge_step)
+        self._jsonl = open(self._path, "a", encoding="utf-8")
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     if not self.enabled:
@@ -32,13 +48,37 @@ class MetricWriter:
     clean = {k: float(v) for k, v in metrics.items()}
     for k, v in clean.items():
       self._tb.add_scalar(f"{prefix}/{k}", v, step)
-    self._jsonl.write(json.dumps({"step": step, "split": prefix, **clean, "time": time.time()}) + "\n")
-    self._jsonl.flush()
+    line = json.dumps({"step": step, "split": prefix, **clean, "time": time.time()}) + "\n"
+    if self._remote:
+      self._lines += line
+      if time.monotonic() - self._synced >= self._sync_seconds:
+        self.flush()
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+
+  def flush(self) -> None:
+    """Everything written so far is in the run folder (a checkpoint calls this)."""
+    if not self.enabled:
+      return
+    self._tb.flush()
+    if self._remote:
+      self._upload()
+
+  def _upload(self) -> None:
+    for f in sorted(self._local_events.iterdir()):
+      storage.copy_file(f, self._events / f.name)
+    storage.write_text(self._path, self._lines)
+    self._synced = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
       self._tb.close()
-      self._jsonl.close()
+      if self._remote:
+        self._upload()
+        shutil.rmtree(self._local_events, ignore_errors=True)
+      else:
+        self._jsonl.close()
 
 
 def _clock(seconds: float) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from bertjax import sharding
+from bertjax import sharding, storage
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.corpus import load_corpus
 from bertjax.data.pipeline import make_dataset, masking_spec
@@ -56,7 +56,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
   the starting parameters); a resumed run must keep its config except for ``RESUMABLE`` keys
   unless ``allow_config_change``. ``stop_event`` (set by SIGTERM too) stops after the current
   step with a checkpoint; ``on_step(step)`` is called after every dispatched step (hooks)."""
-  run_dir = Path(cfg.run_dir)
+  run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
   if cfg.objective == "distill":
     cfg = _distillation_config(cfg)

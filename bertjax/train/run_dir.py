@@ -9,6 +9,10 @@
   with the list of keys unless the caller allows it explicitly (recorded too).
 - **One history**: ``metrics.jsonl`` rows past the step a run restarts from are dropped.
 
+A run folder may be on object storage (``run_dir=gs://...``, ``bertjax.storage``). There the lock
+is an object written and read back (object storage has no exclusive create here): of two runs
+starting at the same moment, the one whose lock object survives continues, the other stops.
+
 Nothing here is called before the caller has validated everything it can (config, mesh, batch
 split, data, starting parameters): a refused command leaves the folder as it was.
 """
@@ -19,8 +23,10 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import warnings
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,6 +34,7 @@ import jax
 import numpy as np
 import yaml
 
+from bertjax import storage
 from bertjax.errors import RunDirError
 
 LOCK = "run.lock"
@@ -36,6 +43,10 @@ HISTORY = "config-history.jsonl"
 
 def check_run_dir_path(run_dir: Path) -> None:
   """``run_dir`` must be (or become) a folder: no file in its place or above it."""
+  if storage.is_url(run_dir):  # object storage: "folders" are name prefixes
+    if run_dir.exists() and not run_dir.is_dir():
+      raise RunDirError(f"run_dir={run_dir} is a file, not a folder")
+    return
   for p in (run_dir, *run_dir.parents):
     if p.exists():
       if not p.is_dir():
@@ -44,13 +55,8 @@ def check_run_dir_path(run_dir: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-  """Write ``path`` via a sibling temporary file and a rename: never half-written."""
-  tmp = path.with_name(f".{path.name}.partial")
-  try:
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  """Write ``path`` whole or not at all (``storage.write_text``)."""
+  storage.write_text(path, text)
 
 
 # -- the lock --------------------------------------------------------------------------------
@@ -64,10 +70,16 @@ def _holder(path: Path) -> dict | None:
     return None
 
 
+STALE_SECONDS = 300.0  # a lock not refreshed for this long: its holder is gone
+HEARTBEAT_SECONDS = 60.0
+
+
 def _alive(holder: dict) -> bool:
-  """Whether the lock's process still runs; a process on another host is assumed to."""
+  """Whether the lock's process still runs. Same host: ask the OS. Another host (a preempted
+  TPU VM never comes back): alive while it refreshes its ``heartbeat``, or when it has none."""
   if holder.get("host") != socket.gethostname():
-    return True
+    beat = holder.get("heartbeat")
+    return not isinstance(beat, (int, float)) or time.time() - beat < STALE_SECONDS
   try:
     os.kill(int(holder.get("pid", -1)), 0)
   except ProcessLookupError:
@@ -77,27 +89,72 @@ def _alive(holder: dict) -> bool:
   return True
 
 
+def _in_use(run_dir: Path, path: Path, holder: dict) -> RunDirError:
+  since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("started", 0)))
+  return RunDirError(
+      f"{run_dir} is in use by another run (host {holder.get('host')}, pid "
+      f"{holder.get('pid')}, since {since}); wait for it to end, choose another run_dir, "
+      f"or delete {path} if that run is gone")
+
+
+def _create_exclusive(path: Path, me: dict) -> bool:
+  """Write the lock only if there is none: ``O_EXCL`` locally; on object storage write, wait,
+  read back -- the last writer's token wins, and every other writer sees it is not theirs."""
+  if storage.is_url(path):
+    if path.exists():
+      return False
+    path.write_text(json.dumps(me))
+    time.sleep(0.5)  # a concurrent writer's object replaces ours within this
+    return (_holder(path) or {}).get("token") == me["token"]
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, "w") as f:
+    json.dump(me, f)
+  return True
+
+
 def _acquire(run_dir: Path) -> Path:
   path = run_dir / LOCK
-  me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+  now = time.time()
+  me = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
+        "token": uuid.uuid4().hex}
   for _ in range(3):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      holder = _holder(path)
-      if holder is not None and _alive(holder):
-        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(holder.get("started", 0)))
-        raise RunDirError(
-            f"{run_dir} is in use by another run (host {holder.get('host')}, pid "
-            f"{holder.get('pid')}, since {since}); wait for it to end, choose another run_dir, "
-            f"or delete {path} if that run is gone") from None
-      warnings.warn(f"{path}: taking over a stale lock ({holder or 'unreadable'})", stacklevel=3)
-      path.unlink(missing_ok=True)
-      continue
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
-    return path
+    if _create_exclusive(path, me):
+      return path
+    holder = _holder(path)
+    if holder is not None and holder.get("token") != me["token"] and _alive(holder):
+      raise _in_use(run_dir, path, holder)
+    if holder is not None and holder.get("token") == me["token"]:
+      return path
+    warnings.warn(f"{path}: taking over a stale lock ({holder or 'unreadable'})", stacklevel=3)
+    path.unlink(missing_ok=True)
   raise RunDirError(f"{run_dir}: could not take {path}")
+
+
+@contextlib.contextmanager
+def _heartbeat(path: Path) -> Iterator[None]:
+  """Refresh the lock's ``heartbeat`` every ``HEARTBEAT_SECONDS`` while the run holds it, so a
+  run on another host can tell a live holder from one that vanished with its VM."""
+  done = threading.Event()
+
+  def beat():
+    while not done.wait(HEARTBEAT_SECONDS):
+      holder = _holder(path)
+      if not holder or holder.get("pid") != os.getpid():
+        return
+      try:
+        storage.write_text(path, json.dumps({**holder, "heartbeat": time.time()}))
+      except OSError:
+        pass  # a missed beat; the next one may get through
+
+  thread = threading.Thread(target=beat, name="bertjax-run-lock", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
 
 
 def _release(path: Path) -> None:
@@ -140,8 +197,7 @@ def _resumable(key: str, resumable: Sequence[str]) -> bool:
 def _record(run_dir: Path, changes: dict, forced: bool) -> None:
   entry = {"time": time.time(), "accepted": "allowed explicitly" if forced else "resumable",
            "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()}}
-  with open(run_dir / HISTORY, "a", encoding="utf-8") as f:
-    f.write(json.dumps(entry) + "\n")
+  storage.append_text(run_dir / HISTORY, json.dumps(entry) + "\n")
 
 
 @contextlib.contextmanager
@@ -178,7 +234,8 @@ def claim_run_dir(run_dir: Path, config: dict, *, resumable: Sequence[str],
       raise error
     raise RunDirError(f"{run_dir}: process 0 could not claim the run folder (see its error)")
   try:
-    yield run_dir
+    with _heartbeat(lock) if lock is not None else contextlib.nullcontext():
+      yield run_dir
   finally:
     if lock is not None:
       _release(lock)
