@@ -116,7 +116,7 @@ class Launcher:
         self.gcloud("compute", "tpus", "tpu-vm", "scp", src, f"{node}:", "--worker=all")
       install = shlex.quote(Path(src).name)
     self.ssh_all("python3 -m venv ~/bertjax-venv && . ~/bertjax-venv/bin/activate && "
-                 f"pip install -q -U pip && pip install -q {install} 'jax[tpu]'")
+                 f"pip install -q -U pip && pip install -q {install} 'jax[tpu]' gcsfs")
 
   def run(self, command: list[str], check: bool = True) -> int:
     if not command:

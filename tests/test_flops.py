@@ -80,3 +80,14 @@ def test_local_layers_count_their_window_only():
       == pytest.approx(saved)
   assert kernel_attention_flops_per_token(local, seq) == pytest.approx(
       4 * n * d * (seq + 2 * (2 * w + 1)))
+
+
+@pytest.mark.parametrize("family", ["eurobert", "modernbert"])
+def test_glu_and_gqa_blocks_count_like_the_compiled_step(family):
+  """GLU MLPs (3 matmuls) and grouped-query attention (fewer k/v heads) in the model FLOPs."""
+  extra = {"num_kv_heads": 2} if family == "eurobert" else {}
+  model = model_config({**BASE, "family": family, "pad_token_id": 0, **extra})
+  assert model.mlp_type == "glu" and (family != "eurobert" or model.kv_heads == 2)
+  over = ["train.batch_size=8", f"data.max_seq_length={T}", f"data.max_predictions_per_seq={P}"]
+  cfg = dataclasses.replace(experiment_config(None, over), model=model)
+  assert 0.85 <= step_flops_per_token(cfg) * B * T / xla_flops(model, MlmObjective()) <= 1.0
