@@ -187,16 +187,24 @@ def test_sigterm_saves_to_the_bucket_and_the_run_resumes(bucket, prepared, nothi
   assert steps_saved(run)[-1] == saved and not epath.Path(run, "run.lock").exists()
   train_rows = [r["step"] for r in rows(run) if r["split"] == "train"]
   assert train_rows == list(range(1, saved + 1))  # the history reached the bucket at the save
-  # a VM that died without a word: its lock stays behind, on this host with a dead pid
-  gone = subprocess.Popen(["true"])
-  gone.wait()
-  epath.Path(run, "run.lock").write_text(json.dumps(
-      {"host": socket.gethostname(), "pid": gone.pid, "started": 0, "token": "dead"}))
+  # the next slice runs on, then dies without a word (kill -9): its lock stays behind, the rows
+  # after its last checkpoint never reach the bucket, and the resume picks up from there
+  proc = _cli(["pretrain", *overrides(run, prepared, "train.steps=100000", "checkpoint.every=4",
+                                      "checkpoint.async_save=false")])
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and proc.poll() is None and \
+      (max(steps_saved(run)) < saved + 4 or len(rows(run)) < saved + 4):
+    time.sleep(0.2)
+  assert proc.poll() is None, proc.communicate()[1][-2000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  last = max(steps_saved(run))
+  assert last >= saved + 4 and epath.Path(run, "run.lock").exists()
   with pytest.warns(UserWarning, match="stale lock"):
-    result = pretrain(config(run, prepared, f"train.steps={saved + 2}", "checkpoint.every=4"),
+    result = pretrain(config(run, prepared, f"train.steps={last + 2}", "checkpoint.every=4"),
                       quiet=True)
-  assert result["step"] == saved + 2
-  assert [r["step"] for r in rows(run) if r["split"] == "train"] == list(range(1, saved + 3))
+  assert result["step"] == last + 2
+  assert [r["step"] for r in rows(run) if r["split"] == "train"] == list(range(1, last + 3))
 
 
 # -- fine-tuning, serving, interop ---------------------------------------------------------

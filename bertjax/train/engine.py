@@ -230,7 +230,7 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     guard_check(engine.state.guard)  # never a halted state
     if checkpointer.save(step, engine.state, data_iterator, force=force):
       progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
-      writer.flush()  # the metric history reaches the run folder with each checkpoint
+      writer.checkpointed(step)  # the history up to it reaches the run folder with it
 
   while step < steps and not preempted.is_set() and not stopped_early:
     batch = engine.batch(next(batches))

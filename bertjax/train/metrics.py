@@ -19,7 +19,7 @@ class MetricWriter:
   """``purge_step``: a run restarting there hides TensorBoard events from that step on (the
   caller trims ``metrics.jsonl`` the same way). On object storage, which cannot append, the
   event file is written locally and ``metrics.jsonl`` kept in memory; both are uploaded whole
-  at most every ``sync_seconds``, at each checkpoint (``flush``) and on close."""
+  at most every ``sync_seconds``, with each checkpoint (``checkpointed``) and on close."""
 
   def __init__(self, run_dir: Path, enabled: bool | None = None, purge_step: int | None = None,
                sync_seconds: float = 30.0):
@@ -29,6 +29,7 @@ class MetricWriter:
     self._remote = storage.is_url(run_dir)
     self._path = run_dir / "metrics.jsonl"
     self._sync_seconds, self._synced = sync_seconds, time.monotonic()
+    self._sync_at: int | None = None
     self._events = run_dir / "events"
     if self.enabled:
       from tensorboardX import SummaryWriter
@@ -51,14 +52,22 @@ class MetricWriter:
     line = json.dumps({"step": step, "split": prefix, **clean, "time": time.time()}) + "\n"
     if self._remote:
       self._lines += line
-      if time.monotonic() - self._synced >= self._sync_seconds:
+      due = self._sync_at is not None and step >= self._sync_at
+      if due or time.monotonic() - self._synced >= self._sync_seconds:
         self.flush()
     else:
       self._jsonl.write(line)
       self._jsonl.flush()
 
+  def checkpointed(self, step: int) -> None:
+    """A checkpoint of ``step`` was saved: upload once its row is written (the row of a step
+    comes a step later, when its metrics are read back), so a run killed after a checkpoint
+    finds its history up to that step in the run folder."""
+    if self._remote:
+      self._sync_at = step
+
   def flush(self) -> None:
-    """Everything written so far is in the run folder (a checkpoint calls this)."""
+    """Everything written so far is in the run folder."""
     if not self.enabled:
       return
     self._tb.flush()
@@ -69,7 +78,7 @@ class MetricWriter:
     for f in sorted(self._local_events.iterdir()):
       storage.copy_file(f, self._events / f.name)
     storage.write_text(self._path, self._lines)
-    self._synced = time.monotonic()
+    self._synced, self._sync_at = time.monotonic(), None
 
   def close(self) -> None:
     if self.enabled:
