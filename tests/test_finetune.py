@@ -105,8 +105,13 @@ def test_sequence_classification_learns_and_serves(tiny_model, tmp_path):
   assert main(["export-hf", str(run), str(tmp_path / "hf")]) == 0
   hf = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
   assert hf.config.id2label == {0: "rotten", 1: "fresh"}
+  assert_same_task_logits(run, hf)
+
+
+def assert_same_task_logits(run, hf, text: str = "a happy story of the town") -> None:
+  """The fine-tuned folder ``run`` and its transformers export ``hf`` give equal logits."""
   model, tokenizer = load_model_dir(run)
-  enc = tokenizer.encode("a happy story of the town")
+  enc = tokenizer.encode(text)
   ids = np.array([enc.ids])
   ours = np.asarray(model(ids, token_type_ids=np.array([enc.type_ids]),
                           padding_mask=np.ones_like(ids, bool)).task_logits)

@@ -220,7 +220,7 @@ def test_import_finetune_serve_export_embed_with_gcs_paths_only(bucket, tmp_path
   from bertjax.tasks.serve import evaluate_model, predict_model
   from bertjax.config import finetune_config
 
-  from test_finetune import _sentiment
+  from test_finetune import _sentiment, assert_same_task_logits
 
   # inputs, made locally and uploaded: a transformers checkpoint and the task's files
   vocab = CORPUS_DIR / SHIPPED_TOKENIZERS["corpus"]
@@ -254,16 +254,7 @@ def test_import_finetune_serve_export_embed_with_gcs_paths_only(bucket, tmp_path
   assert main(["export-hf", run, f"{bucket}/hf-out"]) == 0
   hf = T.AutoModelForSequenceClassification.from_pretrained(
       storage.local_copy(f"{bucket}/hf-out")).eval()
-  from bertjax.model_dir import load_model_dir
-
-  ours, tokenizer = load_model_dir(run)
-  enc = tokenizer.encode("a happy story of the town")
-  ids = np.array([enc.ids])
-  logits = np.asarray(ours(ids, token_type_ids=np.array([enc.type_ids]),
-                           padding_mask=np.ones_like(ids, bool)).task_logits)
-  with torch.no_grad():
-    theirs = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor([enc.type_ids])).logits
-  assert np.max(np.abs(logits - theirs.numpy())) <= 1e-5
+  assert_same_task_logits(run, hf)
   # embed from the imported folder, written to the bucket
   assert main(["embed", model, "a house", "--pooling", "none", "--output",
                f"{bucket}/tokens.npz"]) == 0

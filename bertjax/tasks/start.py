@@ -4,7 +4,6 @@ transformers folder imported on the fly) and the config of the same body with th
 
 from __future__ import annotations
 
-
 import jax
 import numpy as np
 from flax import nnx

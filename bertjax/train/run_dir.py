@@ -25,8 +25,8 @@ import os
 import socket
 import threading
 import time
-import warnings
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
