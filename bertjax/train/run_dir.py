@@ -155,6 +155,7 @@ def _heartbeat(path: Path) -> Iterator[None]:
     yield
   finally:
     done.set()
+    thread.join(timeout=30)  # a beat in flight lands before the lock is released, not after
 
 
 def _release(path: Path) -> None:
