@@ -136,11 +136,17 @@ def move_tree(src: AnyPath, dst: AnyPath) -> None:
   if not is_url(src) and not is_url(dst):
     shutil.move(str(src), str(dst))
     return
+  copy_tree(src, dst)
+  rmtree(src)
+
+
+def copy_tree(src: AnyPath, dst: AnyPath) -> None:
+  """Copy every file below the folder ``src`` to the same place below ``dst``."""
+  src, dst = as_path(src), as_path(dst)
   for f in files_under(src):
     target = dst / str(f)[len(str(src)):].lstrip("/")
     target.parent.mkdir(parents=True, exist_ok=True)
     copy_file(f, target)
-  rmtree(src)
 
 
 # -- folders written whole -------------------------------------------------------------------
@@ -218,13 +224,9 @@ def local_copy(path: AnyPath) -> Path:
     root = Path(tempfile.mkdtemp(prefix="bertjax-remote-"))
     atexit.register(shutil.rmtree, root, True)
     if path.is_dir():
-      for f in files_under(path):
-        target = root / str(f)[len(key):].lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(f.read_bytes())
+      copy_tree(path, root)
       _CACHE[key] = root
     else:
-      target = root / path.name
-      target.write_bytes(path.read_bytes())
-      _CACHE[key] = target
+      _CACHE[key] = root / path.name
+      copy_file(path, _CACHE[key])
   return _CACHE[key]
