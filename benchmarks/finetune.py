@@ -1,8 +1,9 @@
 """Fine-tuning all-MiniLM-L6-v2 (imported from its transformers folder) on rt-polarity and
 wnut16-ner: bertjax vs Hugging Face PyTorch (f32), same recipe, same seeds, interleaved.
 
-Both sides train on the same token ids (bertjax's features: fixed-length rows, first-subword
-NER labels, -100 elsewhere), with AdamW (no decay on biases / LayerNorm), linear warmup +
+Both sides train on the same token ids (bertjax's features: first-subword NER labels, -100
+elsewhere); bertjax batches rows of similar length into length buckets (its default), HF pads
+each batch to its longest row (DataCollatorWithPadding, the transformers default), with AdamW (no decay on biases / LayerNorm), linear warmup +
 decay, global-norm clipping 1.0, dropout as in the checkpoint, and are scored by the same
 metric code on the test split with the final model. Runs alternate which side goes first;
 each run is its own process. Reported: test accuracy / entity F1 per seed and their medians,
@@ -103,10 +104,12 @@ def hf_run(name: str, seed: int, out_dir: str, queue) -> None:
     if len(order) < bs:
       order = np.concatenate([order, rng.permutation(len(train))])
     idx, order = torch.from_numpy(order[:bs]), order[bs:]
-    out = model(input_ids=tensors["input_ids"][idx].long(),
-                token_type_ids=tensors["token_type_ids"][idx].long(),
-                attention_mask=tensors["padding_mask"][idx].long(),
-                labels=tensors["label"][idx].long())
+    # dynamic padding (transformers' DataCollatorWithPadding): the batch's longest row
+    longest = int(tensors["padding_mask"][idx].sum(1).max())
+    cut = lambda k: tensors[k][idx][:, :longest].long()
+    out = model(input_ids=cut("input_ids"), token_type_ids=cut("token_type_ids"),
+                attention_mask=cut("padding_mask"),
+                labels=cut("label") if cfg.task != "classification" else tensors["label"][idx].long())
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()

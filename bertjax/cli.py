@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import io
 import json
 import sys
 import warnings
@@ -39,37 +38,31 @@ def _load_for_inference(path: str):
 def _embed(args) -> None:
   import numpy as np
 
-  from bertjax import storage
+  from bertjax import inference
   from bertjax.errors import UserError
-  from bertjax.inference import embed
 
+  if bool(args.text) == bool(args.input):
+    raise UserError("embed: give texts on the command line or --input FILE (not both)")
+  if args.output and not args.output.endswith((".npy", ".npz", ".jsonl")):
+    raise UserError(f"--output {args.output}: name it .npy (vectors), .jsonl (one object per "
+                    "text) or .npz (--pooling none)")
+  if args.pooling == "none" and args.output and not args.output.endswith(".npz"):
+    raise UserError(f"--output {args.output}: --pooling none writes an .npz (embeddings "
+                    "[n, len, hidden] and mask [n, len]); name it .npz")
+  if args.input:
+    inference.check_text_file(args.input, args.field)  # a missing file or field: before loading
   model, tokenizer = _load_for_inference(args.checkpoint)
-  result = embed(model, tokenizer, args.text, pooling=args.pooling, layer=args.layer,
-                 max_length=args.max_length)
+  embedder = inference.Embedder(model, tokenizer, pooling=args.pooling, layer=args.layer,
+                                max_length=args.max_length, batch_size=args.batch_size)
+  texts = (lambda: inference.read_texts(args.input, args.field)) if args.input else \
+      (lambda: iter(args.text))
   if args.output:
-    if args.pooling == "none":  # ragged: padded [n, len, hidden] + mask in one .npz, no pickle
-      if not args.output.endswith(".npz"):
-        raise UserError(f"--output {args.output}: --pooling none writes an .npz (embeddings "
-                        "[n, len, hidden] and mask [n, len]); name it .npz")
-      n, longest = len(result), max(len(r) for r in result)
-      padded = np.zeros((n, longest, result[0].shape[-1]), np.float32)
-      mask = np.zeros((n, longest), bool)
-      for i, r in enumerate(result):
-        padded[i, :len(r)], mask[i, :len(r)] = r, True
-      arrays = {"embeddings": padded, "mask": mask}
-    else:
-      arrays = {None: result}
-    if storage.is_url(args.output):  # object storage: one upload of the finished file
-      buffer = io.BytesIO()
-      np.save(buffer, result) if None in arrays else np.savez(buffer, **arrays)
-      storage.write_bytes(args.output, buffer.getvalue())
-    else:
-      np.save(args.output, result) if None in arrays else np.savez(args.output, **arrays)
+    inference.write_embeddings(embedder, texts, args.output)
     print(json.dumps({"output": args.output}))
   else:
-    rows = result if args.pooling == "none" else list(result)
-    print(json.dumps([{"text": t, "embedding": np.asarray(r).tolist()}
-                      for t, r in zip(args.text, rows)]))
+    rows = zip(texts(), embedder.stream(texts()))
+    for text, vector in rows:
+      print(json.dumps({"text": text, "embedding": np.asarray(vector).tolist()}))
 
 
 def _fill_mask(args) -> None:
@@ -268,14 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("dst")
   s.set_defaults(func=_export_hf)
 
-  s = sub.add_parser("embed", help="embed texts with a model folder")
+  s = sub.add_parser("embed", help="embed texts with a model folder (streams any number of "
+                     "them: length-sorted batches, one compile per length bucket)")
   s.add_argument("checkpoint")
-  s.add_argument("text", nargs="+")
+  s.add_argument("text", nargs="*", help="texts to embed (or --input)")
+  s.add_argument("--input", help="a .jsonl file (one object per line, the text in --field) or "
+                 "a text file (one text per line); gs:// too")
+  s.add_argument("--field", default="text", help="the JSONL field holding the text")
+  s.add_argument("--batch-size", type=_positive, default=64)
   s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
   s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
   s.add_argument("--max-length", type=_positive, default=None)
-  s.add_argument("--output", help="write a .npy file ([n, hidden]; --pooling none: an .npz "
-                 "with embeddings [n, len, hidden] and mask [n, len]) instead of printing JSON")
+  s.add_argument("--output", help="write .npy ([n, hidden], input order), .jsonl ({text, "
+                 "embedding} per line) or, with --pooling none, .npz (embeddings [n, len, "
+                 "hidden] and mask [n, len]) instead of printing JSON lines")
   s.set_defaults(func=_embed)
 
   s = sub.add_parser("fill-mask", help="predict [MASK] tokens")

@@ -53,6 +53,14 @@ class TaskDataConfig:
   label_separator: str = ","  # multi_label labels given as one string in CSV/TSV
   tokenizer: str | None = None  # default: the tokenizer of the starting checkpoint
   max_seq_length: int = 128
+  # Length buckets: a batch is padded to the smallest of these lengths that holds its longest
+  # row (one compile per bucket). () = bucket_count lengths from the train split's length
+  # quantiles; [max_seq_length] = one length, no bucketing. max_seq_length is always a bucket.
+  buckets: tuple[int, ...] = ()
+  bucket_count: int = 4
+  # Training batches gather rows of similar length (windows of 64 batches sorted by length, the
+  # batches' order shuffled), so short batches fill short buckets; false = plain shuffling.
+  group_by_length: bool = True
   # Extractive QA (google-research/bert run_squad.py defaults)
   doc_stride: int = 128
   max_query_length: int = 64
@@ -62,6 +70,11 @@ class TaskDataConfig:
       raise ConfigError(f"data.max_seq_length must be >= 8, got {self.max_seq_length}")
     if self.doc_stride < 1 or self.max_query_length < 1:
       raise ConfigError("data.doc_stride and data.max_query_length must be >= 1")
+    if any(not 1 <= b <= self.max_seq_length for b in self.buckets):
+      raise ConfigError(f"data.buckets={list(self.buckets)}: each must be in [1, "
+                        f"data.max_seq_length={self.max_seq_length}]")
+    if self.bucket_count < 1:
+      raise ConfigError(f"data.bucket_count must be >= 1, got {self.bucket_count}")
 
 
 @dataclasses.dataclass(frozen=True)

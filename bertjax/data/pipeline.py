@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grain
 import jax
+from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as index_shuffle
 import numpy as np
 
 from bertjax.config import DataConfig
@@ -31,18 +32,21 @@ def masking_spec(cfg: DataConfig, tokenizer: Tokenizer) -> MaskingSpec:
 
 
 class EpochSampler:
-  """Random-access ``local index -> (epoch, example)`` for one process.
+  """Random-access ``local index -> (epoch, example)`` for one process, in O(1) memory.
 
-  The global stream is a fresh permutation of the examples per epoch (identity for evaluation).
-  Global batch k is stream positions [k*B, (k+1)*B); process p reads the contiguous rows
+  The global stream is a fresh permutation of the examples per epoch (identity for evaluation),
+  computed index by index (grain's ``index_shuffle``, the bijection behind
+  ``MapDataset.shuffle``), never materialised: a corpus of billions of instances costs no host
+  memory. Global batch k is stream positions [k*B, (k+1)*B); process p reads the contiguous rows
   [p*B/P, (p+1)*B/P) of it, so the assembled global batch has exactly the rows -- in the same
   order -- that a single process would read."""
 
   def __init__(self, num_examples: int, seed: int, shuffle: bool = True, *, local_batch: int = 1,
                process_index: int = 0, process_count: int = 1):
+    if shuffle and num_examples > 2**32:
+      raise ValueError(f"{num_examples} examples: the index shuffle takes at most 2**32")
     self.num_examples, self.seed, self.shuffle = num_examples, seed, shuffle
     self.local_batch, self.process_index, self.process_count = local_batch, process_index, process_count
-    self._perm: tuple[int, np.ndarray] | None = None
 
   def __len__(self) -> int:
     return _FOREVER
@@ -51,13 +55,20 @@ class EpochSampler:
     batch, row = divmod(int(index), self.local_batch)
     return (batch * self.process_count + self.process_index) * self.local_batch + row
 
-  def __getitem__(self, index: int) -> tuple[int, int]:
-    epoch, j = divmod(self.global_position(index), self.num_examples)
-    if not self.shuffle:
+  def epoch_seed(self, epoch: int) -> int:
+    """A 32-bit seed per (seed, epoch), well mixed (SeedSequence), for the index shuffle."""
+    return int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+
+  def example_at(self, position: int) -> tuple[int, int]:
+    """Stream position -> (epoch, example)."""
+    epoch, j = divmod(position, self.num_examples)
+    if not self.shuffle or self.num_examples == 1:
       return epoch, j
-    if self._perm is None or self._perm[0] != epoch:
-      self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
-    return epoch, int(self._perm[1][j])
+    return epoch, int(index_shuffle.index_shuffle(j, max_index=self.num_examples - 1,
+                                                  seed=self.epoch_seed(epoch), rounds=4))
+
+  def __getitem__(self, index: int) -> tuple[int, int]:
+    return self.example_at(self.global_position(index))
 
 
 class MakeExample:

@@ -6,8 +6,11 @@ it needs. Implementations behind one switch:
   * ``xla``: ``jax.nn.dot_product_attention`` (fused by XLA); no dropout.
   * ``splash``: the TPU Pallas splash-attention kernel (interpret mode off TPU), in shard_map.
   * ``local``: block-wise sliding-window attention for local layers (O(len x window) memory).
-  * ``auto``: ``local`` for a window much shorter than the sequence, else ``xla`` unless
-    attention dropout is active, then ``einsum``.
+  * ``flash``: chunked online-softmax attention with its own backward pass (``nn/flash.py``):
+    O(len) memory in training too; no dropout.
+  * ``auto``: on TPU ``splash``; elsewhere ``local`` for a window much shorter than the
+    sequence, ``flash`` from ``FLASH_MIN_LENGTH`` tokens, else ``xla`` -- or ``einsum`` whenever
+    attention dropout is active.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from bertjax.errors import UserError
 from bertjax.nn import splash
+from bertjax.nn.flash import flash_attention
 from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
 
 
@@ -119,6 +123,11 @@ def local_attention(q, k, v, *, window: int, scale: float, padding_mask=None, se
   return out.reshape(b, nb * c, n, d)[:, :t]
 
 
+# From this length on (no TPU, no attention dropout) ``auto`` takes the chunked path: below it the
+# [len, len] scores are small and XLA's fused path is as fast (benchmarks/long_context.py).
+FLASH_MIN_LENGTH = 2048
+
+
 def xla_attention(q, k, v, mask, *, scale):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
 
@@ -152,13 +161,14 @@ class Attention(nnx.Module):
     impl = self.impl
     if impl == "auto":
       # TPU (the mesh's devices, compile-only ones too): the Pallas splash kernel; elsewhere
-      # block-local when a window is much shorter than the sequence (no [len, len] scores),
-      # else the fused XLA path.
+      # block-local when a window is much shorter than the sequence, chunked online softmax for
+      # long global attention (neither builds [len, len] scores), else the fused XLA path.
       if not active_dropout and splash.on_tpu() and splash.supported(t):
         impl = "splash"
+      elif window is not None and t > 4 * window:
+        impl = "local"
       else:
-        impl = ("local" if window is not None and t > 4 * window
-                else "einsum" if active_dropout else "xla")
+        impl = ("einsum" if active_dropout else "flash" if t >= FLASH_MIN_LENGTH else "xla")
     if impl == "splash":
       if active_dropout:
         raise UserError("attention_impl=splash has no attention dropout; set "
@@ -169,6 +179,12 @@ class Attention(nnx.Module):
       out = local_attention(q, k, v, window=window, scale=self.scale,
                             padding_mask=mask.padding_mask, segment_ids=mask.segment_ids,
                             dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+    elif impl == "flash":
+      if active_dropout:
+        raise UserError("attention_impl=flash has no attention dropout; use einsum or "
+                         "model.attention_dropout=0")
+      out = flash_attention(q, k, v, scale=self.scale, window=window,
+                            padding_mask=mask.padding_mask, segment_ids=mask.segment_ids)
     elif impl == "xla" or (impl == "local" and not active_dropout):
       if active_dropout:
         raise UserError("attention_impl=xla has no attention dropout; use einsum or "

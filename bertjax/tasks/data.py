@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from bertjax.config import FinetuneConfig
+from bertjax.data.buckets import choose_buckets
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
 from bertjax.tasks.features import sequence_features, token_features, word_predictions
@@ -18,6 +19,19 @@ from bertjax.tasks.formats import TaskDataError, check_labels, read_split
 from bertjax.tasks.qa import QaFeatures, postprocess, qa_features
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "padding_mask")
+
+
+def per_token_keys(task: str) -> tuple[str, ...]:
+  """The arrays with a length axis (cut to a batch's bucket); the rest are per row."""
+  return MODEL_INPUTS + (("label",) if task == "token_classification" else ())
+
+
+def task_buckets(cfg: FinetuneConfig, train_lengths: np.ndarray) -> tuple[int, ...]:
+  """``data.buckets`` (with max_seq_length), or ``data.bucket_count`` from the train lengths."""
+  d = cfg.data
+  if d.buckets:
+    return tuple(sorted(set(d.buckets) | {d.max_seq_length}))
+  return choose_buckets(train_lengths, d.max_seq_length, d.bucket_count)
 
 
 @dataclasses.dataclass
@@ -30,6 +44,10 @@ class SplitData:
 
   def __len__(self) -> int:
     return len(next(iter(self.arrays.values())))
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return self.arrays["padding_mask"].sum(1)
 
 
 def encode(examples: list[dict], name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,

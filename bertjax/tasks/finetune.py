@@ -25,13 +25,14 @@ from flax import nnx
 
 from bertjax import sharding, storage
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
-from bertjax.data.pipeline import EpochSampler
+from bertjax.data.buckets import LengthGroupedSampler
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.model_dir import load_model_dir, restore_params, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
 from bertjax.params import leaf_name
-from bertjax.tasks.data import SplitData, encode, evaluate_logits, load_split
+from bertjax.tasks.data import (SplitData, encode, evaluate_logits, load_split, per_token_keys,
+                                task_buckets)
 from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
 from bertjax.tasks.serve import Predictor
 from bertjax.tasks.start import initial_params, load_pretrained, task_model_config
@@ -47,21 +48,29 @@ RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_e
 
 
 class _TaskDataset:
-  """(epoch, index) -> one training row; picklable for grain."""
+  """(epoch, index, bucket) -> one training row, its per-token arrays cut to the bucket;
+  picklable for grain."""
 
-  def __init__(self, arrays: dict[str, np.ndarray]):
-    self.arrays = arrays
+  def __init__(self, arrays: dict[str, np.ndarray], per_token: tuple[str, ...]):
+    self.arrays, self.per_token = arrays, per_token
 
   def __call__(self, item):
-    return {k: v[item[1]] for k, v in self.arrays.items()}
+    _, index, bucket = item
+    return {k: v[index, :bucket] if k in self.per_token else v[index]
+            for k, v in self.arrays.items()}
 
 
-def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int):
-  """Epoch-shuffled batches of this process's rows (grain; the state goes into checkpoints)."""
+def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                   buckets: tuple[int, ...], per_token: tuple[str, ...], group: bool = True):
+  """Epoch-shuffled batches of this process's rows, rows of similar length together and each
+  batch padded to its bucket (grain; the state goes into checkpoints)."""
   local = batch_size // jax.process_count()
-  sampler = EpochSampler(len(arrays["input_ids"]), seed, shuffle=True, local_batch=local,
-                         process_index=jax.process_index(), process_count=jax.process_count())
-  ds = grain.MapDataset.source(sampler).map(_TaskDataset(arrays)).batch(local, drop_remainder=True)
+  lengths = arrays["padding_mask"].sum(1)
+  sampler = LengthGroupedSampler(lengths, seed, buckets, group=group, local_batch=local,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  ds = grain.MapDataset.source(sampler).map(_TaskDataset(arrays, per_token)).batch(
+      local, drop_remainder=True)
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
@@ -140,7 +149,9 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
   lr = schedule(cfg.optim, steps)
   best_file, model_dir = run_dir / "best.json", run_dir / "model"
   objective = TaskObjective(cfg.task)
-  batches = train_iterator(train.arrays, tc.batch_size, seed)
+  buckets, per_token = task_buckets(cfg, train.lengths), per_token_keys(cfg.task)
+  batches = train_iterator(train.arrays, tc.batch_size, seed, buckets=buckets,
+                           per_token=per_token, group=cfg.data.group_by_length)
   example = {k: v[:tc.batch_size] for k, v in train.arrays.items()}
 
   with open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet,
@@ -150,7 +161,8 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     engine = build_engine(graphdef, abstract_params, objective, tx, seed=seed,
                           example_batch=example, grad_accum_steps=tc.grad_accum_steps,
                           lr_schedule=lr, max_skips=tc.max_skips)
-    predictor = Predictor(engine.graphdef, tc.eval_batch_size, example)
+    predictor = Predictor(engine.graphdef, tc.eval_batch_size, example, buckets=buckets,
+                          per_token=cfg.task in ("token_classification", "qa"))
     start = run.restore(engine, batches)
     if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
       engine.init(make, values=_pretrained_values(cfg.init_from, params, engine))

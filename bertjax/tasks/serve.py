@@ -17,19 +17,26 @@ from bertjax import sharding, storage
 from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
                             finetune_config, from_dict)
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
-from bertjax.tasks.data import MODEL_INPUTS, evaluate_logits, has_labels, load_split
+from bertjax.data.buckets import sorted_batches
+from bertjax.tasks.data import (MODEL_INPUTS, evaluate_logits, has_labels, load_split,
+                                task_buckets)
 from bertjax.tasks.formats import data_file as packaged_or_path
 from bertjax.train.run_dir import write_text_atomic
 
 
 class Predictor:
-  """Jitted ``params, inputs -> task logits`` over padded global batches (rows split over
-  processes like training batches); logits come back replicated, whole, on every host."""
+  """Jitted ``params, inputs -> task logits`` over global batches of rows sorted by length, each
+  padded only to its bucket (one compile per bucket; rows split over processes like training
+  batches); logits come back in input order, whole, on every host. Per-token logits at padding
+  positions are a large negative value."""
 
-  def __init__(self, graphdef, batch_size: int, example: dict):
+  PAD_LOGIT = -1e9
+
+  def __init__(self, graphdef, batch_size: int, example: dict, *,
+               buckets: tuple[int, ...] | None = None, per_token: bool = False):
     """Call under ``sharding.use_mesh``: batches and logits live on that mesh."""
     mesh, _ = sharding.layout()
-    self.batch_size = batch_size
+    self.batch_size, self.buckets, self.per_token = batch_size, buckets, per_token
     self.in_sh = {k: sharding.batch_sharding(mesh, ndim=example[k].ndim) for k in MODEL_INPUTS}
 
     def logits(params, batch):
@@ -40,18 +47,29 @@ class Predictor:
     self.fn = jax.jit(logits, out_shardings=NamedSharding(mesh, P()))
 
   def __call__(self, params, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    n, b = len(arrays["input_ids"]), self.batch_size
+    n, full = arrays["input_ids"].shape
+    b = self.batch_size
+    buckets = tuple(sorted(set(self.buckets or ()) | {full}))
     procs, pid = jax.process_count(), jax.process_index()
     local = b // procs
-    out = []
-    for start in range(0, n, b):
-      rows = {k: arrays[k][start:start + b] for k in MODEL_INPUTS}
-      short = b - len(rows["input_ids"])
-      if short:  # pad the last batch with copies of row 0 (dropped below)
+    out = None
+    for bucket, idx in sorted_batches(arrays["padding_mask"].sum(1), b, buckets):
+      rows = {k: arrays[k][idx, :bucket] for k in MODEL_INPUTS}
+      short = b - len(idx)
+      if short:  # pad the last batch with copies of its first row (dropped below)
         rows = {k: np.concatenate([v, np.repeat(v[:1], short, axis=0)]) for k, v in rows.items()}
       mine = {k: v[pid * local:(pid + 1) * local] for k, v in rows.items()}
-      out.append(np.asarray(self.fn(params, sharding.global_batch(mine, self.in_sh)))[:b - short])
-    return np.concatenate(out).astype(np.float32)
+      logits = np.asarray(self.fn(params, sharding.global_batch(mine, self.in_sh)),
+                          np.float32)[:len(idx)]
+      if out is None:
+        shape = (n, full) + logits.shape[2:] if self.per_token else (n,) + logits.shape[1:]
+        out = np.full(shape, self.PAD_LOGIT if self.per_token else 0.0, np.float32)
+      if self.per_token:  # padding positions never carry scores
+        real = rows["padding_mask"][:len(idx)].reshape(len(idx), bucket, *[1] * (logits.ndim - 2))
+        out[idx, :bucket] = np.where(real, logits, self.PAD_LOGIT)
+      else:
+        out[idx] = logits
+    return out
 
 
 def _task_of(model_cfg: ModelConfig) -> str:
@@ -88,7 +106,9 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
     if need_labels and not has_labels(split, cfg.task):
       raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")
     graphdef, params = nnx.split(model)
-    predictor = Predictor(graphdef, batch_size, split.arrays)
+    predictor = Predictor(graphdef, batch_size, split.arrays,
+                          buckets=task_buckets(cfg, split.lengths),
+                          per_token=cfg.task in ("token_classification", "qa"))
     logits = predictor(params, split.arrays)
   threshold = None
   best = resolve_model_dir(model_path).parent / "best.json"
