@@ -149,8 +149,8 @@ def main() -> None:
   args = ap.parse_args()
   results = []
   for name in args.tasks:
-    for i, seed in enumerate(args.seeds):
-      order = [bertjax_run, hf_run] if i % 2 == 0 else [hf_run, bertjax_run]
+    for seed in args.seeds:  # even seeds run bertjax first, odd seeds HF first
+      order = [bertjax_run, hf_run] if seed % 2 == 0 else [hf_run, bertjax_run]
       for fn in order:
         res = run_in_process(fn, name, seed, args.out)
         results.append(res)

@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default=None,
                    help="the task YAML it was trained with (fields, format, QA settings)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
-    s.add_argument("--batch-size", type=_positive, default=64)
+    s.add_argument("--batch-size", type=_positive, default=32)
     s.set_defaults(func=_evaluate if name == "evaluate" else _predict)
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--input", help="a .jsonl file (one object per line, the text in --field) or "
                  "a text file (one text per line); gs:// too")
   s.add_argument("--field", default="text", help="the JSONL field holding the text")
-  s.add_argument("--batch-size", type=_positive, default=64)
+  s.add_argument("--batch-size", type=_positive, default=32)
   s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
   s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
   s.add_argument("--max-length", type=_positive, default=None)

@@ -49,7 +49,10 @@ def forward(model: Model, batch: dict[str, np.ndarray]):
                                batch["padding_mask"])
 
 
-EMBED_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)  # capped at max_length
+# Fine steps where texts usually are (inference compiles cost ~1 s each, padding costs every
+# batch): multiples of 8 to 128, of 32 to 512, then powers of two; capped at max_length.
+EMBED_BUCKETS = (tuple(range(8, 129, 8)) + tuple(range(160, 513, 32))
+                 + (1024, 2048, 4096, 8192))
 POOLINGS = ("cls", "mean", "none")
 
 
@@ -74,7 +77,7 @@ class Embedder:
   order. ``pooling='none'`` gives one ``[len, hidden]`` array per text."""
 
   def __init__(self, model: Model, tokenizer: Tokenizer, *, pooling: str = "mean",
-               layer: int = -1, max_length: int | None = None, batch_size: int = 64):
+               layer: int = -1, max_length: int | None = None, batch_size: int = 32):
     cfg = model.config
     if pooling not in POOLINGS:
       raise UserError(f"unknown pooling {pooling!r}; use cls, mean or none")
@@ -205,7 +208,7 @@ def write_embeddings(embedder: "Embedder", texts, output: str) -> int:
 
 def embed(model: Model, tokenizer: Tokenizer, texts: Sequence[str], *,
           pooling: Literal["cls", "mean", "none"] = "mean", layer: int = -1,
-          max_length: int | None = None, batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
+          max_length: int | None = None, batch_size: int = 32) -> np.ndarray | list[np.ndarray]:
   """Sentence embeddings ([n, hidden]) or, with pooling='none', one [len, hidden] per text.
 
   ``layer`` indexes hidden states: 0 = embedding output, -1 = last layer."""
