@@ -133,8 +133,8 @@ def test_two_processes_equal_one_process(corpus, tmp_path):
   pretrain(config(one, corpus), quiet=True)
   a, b = train_losses(mp_run), train_losses(one)
   assert sorted(a) == sorted(b)
-  for s in a:
-    assert abs(a[s] - b[s]) <= 1e-6, (s, a[s], b[s])
+  for s in a:  # another mesh shape sums in another order: f32 rounding, relative 1e-6
+    assert abs(a[s] - b[s]) <= 1e-6 * max(1.0, abs(b[s])), (s, a[s], b[s])
   # the 2-process checkpoint restores in this single process (8 devices, another mesh)
   resumed = pretrain(config(mp_run, corpus, "train.steps=10", "mesh.fsdp=2"), quiet=True)
   assert resumed["step"] == 10
