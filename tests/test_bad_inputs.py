@@ -292,7 +292,7 @@ def test_an_internal_bug_keeps_its_traceback(world, monkeypatch):
   def broken(*a, **k):
     raise ValueError("an internal bug")
 
-  monkeypatch.setattr(inference, "embed", broken)
+  monkeypatch.setattr(inference.Embedder, "encode", broken)
   with pytest.raises(ValueError, match="an internal bug"):
     cli.main(["embed", str(world / "mlm"), "hello"])
 
