@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default=None,
                    help="the task YAML it was trained with (fields, format, QA settings)")
     s.add_argument("overrides", nargs="*", metavar="key=value")
-    s.add_argument("--batch-size", type=_positive, default=32)
+    s.add_argument("--batch-size", type=_positive, default=64)
     s.set_defaults(func=_evaluate if name == "evaluate" else _predict)
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
