@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import tempfile
 from typing import Iterable, Iterator, Literal, Sequence
 
 import jax
@@ -163,9 +165,6 @@ def write_embeddings(embedder: "Embedder", texts, output: str) -> int:
   """Embed ``texts()`` (a function returning a fresh iterator) into ``output`` in input order,
   whole or not at all: .npy [n, hidden] (filled in place; one counting pass first), .jsonl
   ({"text", "embedding"} per line, streamed), .npz with --pooling none (ragged, in memory)."""
-  import os
-  import tempfile
-
   out = storage.as_path(output)
   if not storage.is_url(out) and (out.is_dir() or not out.parent.is_dir()):
     raise UserError(f"--output {output}: " + ("is a folder" if out.is_dir() else

@@ -26,6 +26,11 @@ def per_token_keys(task: str) -> tuple[str, ...]:
   return MODEL_INPUTS + (("label",) if task == "token_classification" else ())
 
 
+def per_token_logits(task: str) -> bool:
+  """Whether the task head scores every token (NER tags, QA start/end) rather than the row."""
+  return task in ("token_classification", "qa")
+
+
 def task_buckets(cfg: FinetuneConfig, train_lengths: np.ndarray) -> tuple[int, ...]:
   """``data.buckets`` (with max_seq_length), or ``data.bucket_count`` from the train lengths."""
   d = cfg.data

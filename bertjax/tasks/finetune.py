@@ -32,7 +32,7 @@ from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
 from bertjax.params import leaf_name
 from bertjax.tasks.data import (SplitData, encode, evaluate_logits, load_split, per_token_keys,
-                                task_buckets)
+                                per_token_logits, task_buckets)
 from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
 from bertjax.tasks.serve import Predictor
 from bertjax.tasks.start import initial_params, load_pretrained, task_model_config
@@ -162,7 +162,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
                           example_batch=example, grad_accum_steps=tc.grad_accum_steps,
                           lr_schedule=lr, max_skips=tc.max_skips)
     predictor = Predictor(engine.graphdef, tc.eval_batch_size, example, buckets=buckets,
-                          per_token=cfg.task in ("token_classification", "qa"))
+                          per_token=per_token_logits(cfg.task))
     start = run.restore(engine, batches)
     if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
       engine.init(make, values=_pretrained_values(cfg.init_from, params, engine))

@@ -19,7 +19,7 @@ from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_over
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
 from bertjax.data.buckets import sorted_batches
 from bertjax.tasks.data import (MODEL_INPUTS, evaluate_logits, has_labels, load_split,
-                                task_buckets)
+                                per_token_logits, task_buckets)
 from bertjax.tasks.formats import data_file as packaged_or_path
 from bertjax.train.run_dir import write_text_atomic
 
@@ -108,7 +108,7 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
     graphdef, params = nnx.split(model)
     predictor = Predictor(graphdef, batch_size, split.arrays,
                           buckets=task_buckets(cfg, split.lengths),
-                          per_token=cfg.task in ("token_classification", "qa"))
+                          per_token=per_token_logits(cfg.task))
     logits = predictor(params, split.arrays)
   threshold = None
   best = resolve_model_dir(model_path).parent / "best.json"
