@@ -140,7 +140,8 @@ def _prepare_data(args) -> None:
   from bertjax.data.prepare import prepare_data
 
   preset, overrides = _preset_and_overrides(args.args)
-  out = prepare_data(experiment_config(preset, overrides).data, args.out, args.shards)
+  out = prepare_data(experiment_config(preset, overrides).data, args.out, args.shards,
+                     workers=args.workers, shard=args.shard, unit_bytes=args.unit_mb << 20)
   print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
 
 
@@ -191,6 +192,16 @@ def _positive(text: str) -> int:
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
   return value
+
+
+def _host_shard(text: str) -> tuple[int, int]:
+  try:
+    i, n = (int(x) for x in text.split("/"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected i/N (e.g. 0/4), got {text!r}") from None
+  if not 0 <= i < n:
+    raise argparse.ArgumentTypeError(f"i/N needs 0 <= i < N, got {text}")
+  return i, n
 
 
 class _Parser(argparse.ArgumentParser):
@@ -246,8 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
 
   s = sub.add_parser("prepare-data", help="tokenize a corpus once into ArrayRecord instances")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
-  s.add_argument("--out", required=True)
-  s.add_argument("--shards", type=_positive, default=4)
+  s.add_argument("--out", required=True, help="output folder (local or gs://)")
+  s.add_argument("--shards", type=_positive, default=None,
+                 help="training shards (default: about 128 MB each)")
+  s.add_argument("--workers", type=_positive, default=1,
+                 help="processes on this machine (default 1)")
+  s.add_argument("--shard", type=_host_shard, default=(0, 1), metavar="i/N",
+                 help="this host's share when N hosts prepare into the same folder at once")
+  s.add_argument("--unit-mb", type=_positive, default=64,
+                 help="MiB of a plain text file per work unit (default 64; part of the result)")
   s.set_defaults(func=_prepare_data)
 
   s = sub.add_parser("import-hf", help="transformers folder -> bertjax model folder")

@@ -1,5 +1,10 @@
 """A corpus ready to train on: train and held-out instances and their tokenizer, built from raw
 text (tokenized now) or read from a ``prepare-data`` folder (ArrayRecord shards of instances).
+
+Both build instances the same way: per work unit of the input (``sources.plan_units``), a
+stream of documents -> batched tokenization -> instances, each with a random shuffle key
+(``unit_instances``); the corpus is the instances in key order. ``prepare-data`` writes that
+order to its shards, so training from text and from a prepared folder is identical.
 """
 
 from __future__ import annotations
@@ -7,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from bertjax import storage
 from bertjax.config import DataConfig
 from bertjax.data import sources
-from bertjax.data.instances import (InstanceStore, Specials, deserialize, full_sentence_instances,
-                                    nsp_instances, packed_instances)
+from bertjax.data.instances import (Instance, InstanceStore, Specials, deserialize,
+                                    iter_full_sentence_instances, iter_nsp_instances,
+                                    iter_packed_instances)
 from bertjax.data.tokenizer import Tokenizer
 
 META = "meta.json"  # a prepared folder's index: shards, counts, unigram token, the data config
@@ -53,23 +60,60 @@ def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer):
   return out
 
 
-def build_instances(docs, tokenizer: Tokenizer, cfg: DataConfig, seed: int,
-                    part: str = "training") -> InstanceStore:
+SPLITS = {"train": 0, "eval": 1}  # seeds of the two parts
+KEY_BITS = 62  # shuffle keys are uniform in [0, 2**62)
+TOKENIZE_CHARS = 1 << 20  # text per batched tokenizer call
+
+
+def tokenized_stream(blocks: Iterable[list[str]], tokenizer: Tokenizer):
+  """Documents of paragraphs -> tokenized documents, tokenizing ~1 MB of text per call."""
+  batch, chars = [], 0
+  for block in blocks:
+    batch.append(block)
+    chars += sum(map(len, block))
+    if chars >= TOKENIZE_CHARS:
+      yield from tokenize_documents(batch, tokenizer)
+      batch, chars = [], 0
+  if batch:
+    yield from tokenize_documents(batch, tokenizer)
+
+
+def iter_instances(docs, tokenizer: Tokenizer, cfg: DataConfig,
+                   rng: np.random.Generator) -> Iterator[Instance]:
   sp = Specials(tokenizer.cls_id, tokenizer.sep_id, tokenizer.roberta_template)
-  rng = np.random.default_rng([cfg.seed, seed])
   if cfg.instances in ("nsp", "sop"):
-    instances = nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
+    return iter_nsp_instances(docs, sp, max_seq_length=cfg.max_seq_length,
                               short_seq_prob=cfg.short_seq_prob, rng=rng,
                               sop=cfg.instances == "sop", sop_single_chunk=cfg.sop_single_chunk)
-  elif cfg.instances in ("full_sentences", "doc_sentences"):
-    instances = full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length,
+  if cfg.instances in ("full_sentences", "doc_sentences"):
+    return iter_full_sentence_instances(docs, sp, max_seq_length=cfg.max_seq_length,
                                         cross_documents=cfg.instances == "full_sentences")
-  else:
-    instances = packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
-  if not instances:
-    raise sources.DataError(f"data.source {cfg.source}: the {part} text is too short for one "
-                            f"{cfg.instances} instance; add text")
-  return InstanceStore.from_instances(instances)
+  return iter_packed_instances(docs, sp, max_seq_length=cfg.max_seq_length)
+
+
+def unit_instances(cfg: DataConfig, tokenizer: Tokenizer, unit: sources.Unit, index: int,
+                   split: str) -> Iterator[tuple[int, Instance]]:
+  """(shuffle key, instance) for the ``split`` part of the input's unit ``index``, streamed;
+  deterministic for (seed, unit)."""
+  blocks = sources.heldout_blocks(
+      sources.unit_documents(unit, text_field=cfg.text_field, tfds_split=cfg.tfds_split,
+                             tfds_data_dir=cfg.tfds_data_dir),
+      split, cfg.eval_fraction, cfg.seed, index)
+  rng = np.random.default_rng([cfg.seed, SPLITS[split], index])
+  key_rng = np.random.default_rng([cfg.seed, 11, SPLITS[split], index])
+  keys = iter(())
+  for x in iter_instances(tokenized_stream(blocks, tokenizer), tokenizer, cfg, rng):
+    key = next(keys, None)
+    if key is None:
+      keys = iter(key_rng.integers(0, 1 << KEY_BITS, 4096, dtype=np.int64).tolist())
+      key = next(keys)
+    yield key, x
+
+
+def too_short(cfg: DataConfig, split: str) -> sources.DataError:
+  part = "training" if split == "train" else "held-out"
+  return sources.DataError(f"data.source {cfg.source}: the {part} text is too short for one "
+                           f"{cfg.instances} instance; add text")
 
 
 @dataclasses.dataclass
@@ -106,18 +150,18 @@ def load_corpus(cfg: DataConfig) -> Corpus:
                   ArrayRecordStore([root / n for n in meta["eval"]]),
                   Tokenizer.from_dir(root / "tokenizer"), unigram)
   tokenizer = load_tokenizer(cfg)
-  docs = sources.read_documents(cfg.source, text_field=cfg.text_field,
-                                tfds_split=cfg.tfds_split, tfds_data_dir=cfg.tfds_data_dir)
-  if not docs:
-    raise sources.DataError(f"data.source {cfg.source}: no text found")
-  train_docs, eval_docs = sources.split_heldout(docs, cfg.eval_fraction, cfg.seed)
-  if not train_docs:
-    raise sources.DataError(f"data.source {cfg.source}: all of its text went to the held-out "
-                            f"split (data.eval_fraction={cfg.eval_fraction}); add text")
-  train = build_instances(tokenize_documents(train_docs, tokenizer), tokenizer, cfg, seed=0)
-  heldout = build_instances(tokenize_documents(eval_docs, tokenizer), tokenizer, cfg, seed=1,
-                            part="held-out")
-  return Corpus(train, heldout, tokenizer, token_counts(train, tokenizer.vocab_size))
+  units = sources.plan_units(cfg.source, tfds_split=cfg.tfds_split,
+                             tfds_data_dir=cfg.tfds_data_dir)
+  stores = {}
+  for split in SPLITS:
+    keyed = [kx for u, unit in enumerate(units)
+             for kx in unit_instances(cfg, tokenizer, unit, u, split)]
+    if not keyed:
+      raise too_short(cfg, split)
+    keyed.sort(key=lambda kx: kx[0])  # stable: equal keys keep the stream's order
+    stores[split] = InstanceStore.from_instances([x for _, x in keyed])
+  train = stores["train"]
+  return Corpus(train, stores["eval"], tokenizer, token_counts(train, tokenizer.vocab_size))
 
 
 class ArrayRecordStore:

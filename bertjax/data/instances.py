@@ -15,9 +15,11 @@ Instances live in flat numpy arrays (``InstanceStore``) and serialize to bytes f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import struct
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,88 +79,118 @@ def _pair_instance(a: Sentence, b: Sentence, label: int, sp: Specials) -> Instan
                   label=label)
 
 
-def nsp_instances(docs: list[list[Sentence]], sp: Specials, *, max_seq_length: int,
-                  short_seq_prob: float, rng: np.random.Generator, sop: bool = False,
-                  sop_single_chunk: str = "random") -> list[Instance]:
+NSP_POOL = 1024  # documents the random next segment is drawn from (a reservoir, see below)
+
+
+def nsp_instances(docs: Iterable[list[Sentence]], sp: Specials, **kw) -> list[Instance]:
+  return list(iter_nsp_instances(docs, sp, **kw))
+
+
+def iter_nsp_instances(docs: Iterable[list[Sentence]], sp: Specials, *, max_seq_length: int,
+                       short_seq_prob: float, rng: np.random.Generator, sop: bool = False,
+                       sop_single_chunk: str = "random",
+                       pool_size: int = NSP_POOL) -> Iterator[Instance]:
+  """NSP / SOP instances from a stream of documents. The original draws the random next
+  document from the whole corpus in memory; here it comes from a reservoir of ``pool_size``
+  documents of the stream (filled with the first ``pool_size``, then a uniform sample of all
+  read so far, Vitter's algorithm R), so memory stays bounded whatever the corpus size. A
+  corpus of at most ``pool_size`` documents draws from all of them, as the original does."""
+  docs = iter(docs)
+  ahead = collections.deque(itertools.islice(docs, pool_size))
+  pool = list(ahead)
+  seen = len(pool)
+  while ahead:
+    doc = ahead.popleft()
+    new = next(docs, None)
+    if new is not None:
+      ahead.append(new)
+      seen += 1
+      j = int(rng.integers(0, seen))
+      if j < pool_size:
+        pool[j] = new
+    yield from _nsp_document(doc, pool, sp, max_seq_length, short_seq_prob, rng, sop,
+                             sop_single_chunk)
+
+
+def _nsp_document(doc, pool, sp, max_seq_length, short_seq_prob, rng, sop, sop_single_chunk):
   num_special = 4 if sp.roberta_template else 3
   max_tokens = max_seq_length - num_special
-  out = []
-  for doc_index, doc in enumerate(docs):
-    target = max_tokens
-    if rng.random() < short_seq_prob:
-      target = int(rng.integers(2, max_tokens + 1))
-    chunk: list[Sentence] = []
-    length = 0
-    i = 0
-    while i < len(doc):
-      chunk.append(doc[i])
-      length += len(doc[i][0])
-      if i == len(doc) - 1 or length >= target:
-        if chunk:
-          a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
-          a = list(_concat(chunk[:a_end]))
-          single = len(chunk) == 1
-          if single and sop and sop_single_chunk == "drop":
-            chunk, length = [], 0
-            i += 1
-            continue
-          if single or (not sop and rng.random() < 0.5):
-            label = 1  # random next (NSP), or ALBERT's single-chunk fallback
-            target_b = max(1, target - len(a[0]))
-            for _ in range(10):
-              other = int(rng.integers(0, len(docs)))
-              if other != doc_index:
-                break
-            random_doc = docs[other]
-            start = int(rng.integers(0, len(random_doc)))
-            picked, picked_len = [], 0
-            for j in range(start, len(random_doc)):
-              picked.append(random_doc[j])
-              picked_len += len(random_doc[j][0])
-              if picked_len >= target_b:
-                break
-            b = list(_concat(picked))
-            i -= len(chunk) - a_end  # put the unused segments back
-          else:
-            label = 0
-            b = list(_concat(chunk[a_end:]))
-            if sop and rng.random() < 0.5:
-              a, b, label = b, a, 1
-          _truncate_pair(a, b, max_tokens, rng)
-          if len(a[0]) >= 1 and len(b[0]) >= 1:
-            out.append(_pair_instance(tuple(a), tuple(b), label, sp))
-        chunk, length = [], 0
-      i += 1
-  return out
+  target = max_tokens
+  if rng.random() < short_seq_prob:
+    target = int(rng.integers(2, max_tokens + 1))
+  chunk: list[Sentence] = []
+  length = 0
+  i = 0
+  while i < len(doc):
+    chunk.append(doc[i])
+    length += len(doc[i][0])
+    if i == len(doc) - 1 or length >= target:
+      if chunk:
+        a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
+        a = list(_concat(chunk[:a_end]))
+        single = len(chunk) == 1
+        if single and sop and sop_single_chunk == "drop":
+          chunk, length = [], 0
+          i += 1
+          continue
+        if single or (not sop and rng.random() < 0.5):
+          label = 1  # random next (NSP), or ALBERT's single-chunk fallback
+          target_b = max(1, target - len(a[0]))
+          for _ in range(10):
+            random_doc = pool[int(rng.integers(0, len(pool)))]
+            if random_doc is not doc:
+              break
+          start = int(rng.integers(0, len(random_doc)))
+          picked, picked_len = [], 0
+          for j in range(start, len(random_doc)):
+            picked.append(random_doc[j])
+            picked_len += len(random_doc[j][0])
+            if picked_len >= target_b:
+              break
+          b = list(_concat(picked))
+          i -= len(chunk) - a_end  # put the unused segments back
+        else:
+          label = 0
+          b = list(_concat(chunk[a_end:]))
+          if sop and rng.random() < 0.5:
+            a, b, label = b, a, 1
+        _truncate_pair(a, b, max_tokens, rng)
+        if len(a[0]) >= 1 and len(b[0]) >= 1:
+          yield _pair_instance(tuple(a), tuple(b), label, sp)
+      chunk, length = [], 0
+    i += 1
 
 
-def full_sentence_instances(docs: list[list[Sentence]], sp: Specials, *, max_seq_length: int,
-                            cross_documents: bool = True) -> list[Instance]:
+def full_sentence_instances(docs: Iterable[list[Sentence]], sp: Specials,
+                            **kw) -> list[Instance]:
+  return list(iter_full_sentence_instances(docs, sp, **kw))
+
+
+def iter_full_sentence_instances(docs: Iterable[list[Sentence]], sp: Specials, *,
+                                 max_seq_length: int,
+                                 cross_documents: bool = True) -> Iterator[Instance]:
   """RoBERTa FULL-SENTENCES: blocks of whole sentences up to the length, crossing documents
   with a separator token; over-long sentences are split. ``cross_documents=False`` is
   DOC-SENTENCES (SpanBERT's ``break_mode=doc``): a block never leaves its document."""
   budget = max_seq_length - 2
-  out: list[Instance] = []
   block: list[Sentence] = []
   size = 0
 
   def emit():
-    nonlocal block, size
-    if size:
-      ids, starts = _concat(block)
-      ids = np.concatenate([[sp.cls], ids, [sp.sep]]).astype(np.int32)
-      starts = np.concatenate([[True], starts, [True]])
-      special = np.zeros(len(ids), bool)
-      special[[0, -1]] = True
-      special[1:-1] |= ids[1:-1] == sp.sep  # document separators inside the block
-      out.append(Instance(ids, starts, np.zeros(len(ids), np.int8), special))
-    block, size = [], 0
+    ids, starts = _concat(block)
+    ids = np.concatenate([[sp.cls], ids, [sp.sep]]).astype(np.int32)
+    starts = np.concatenate([[True], starts, [True]])
+    special = np.zeros(len(ids), bool)
+    special[[0, -1]] = True
+    special[1:-1] |= ids[1:-1] == sp.sep  # document separators inside the block
+    return Instance(ids, starts, np.zeros(len(ids), np.int8), special)
 
   sep = (np.array([sp.sep], np.int32), np.array([True]))
   for d, doc in enumerate(docs):
     if d and size:
       if size + 1 > budget or not cross_documents:
-        emit()
+        yield emit()
+        block, size = [], 0
       else:
         block.append(sep)
         size += 1
@@ -166,32 +198,26 @@ def full_sentence_instances(docs: list[list[Sentence]], sp: Specials, *, max_seq
       ids, starts = sentence
       while len(ids):
         if size + len(ids) > budget and size:
-          emit()
+          yield emit()
+          block, size = [], 0
         take = min(len(ids), budget)
         block.append((ids[:take], starts[:take]))
         size += take
         ids, starts = ids[take:], starts[take:]
-  emit()
-  return out
+  if size:
+    yield emit()
 
 
-def packed_instances(docs: list[list[Sentence]], sp: Specials, *,
-                     max_seq_length: int) -> list[Instance]:
+def packed_instances(docs: Iterable[list[Sentence]], sp: Specials, **kw) -> list[Instance]:
+  return list(iter_packed_instances(docs, sp, **kw))
+
+
+def iter_packed_instances(docs: Iterable[list[Sentence]], sp: Specials, *,
+                          max_seq_length: int) -> Iterator[Instance]:
   """Documents as ``[CLS] doc [SEP]`` pieces (long ones split), packed in order into rows; a
   row's segment ids number its documents 1..k."""
-  pieces = []
-  for doc in docs:
-    ids, starts = _concat(doc)
-    for s in range(0, len(ids), max_seq_length - 2):
-      pieces.append((ids[s:s + max_seq_length - 2], starts[s:s + max_seq_length - 2]))
-  out: list[Instance] = []
-  row: list[Sentence] = []
-  size = 0
 
-  def emit():
-    nonlocal row, size
-    if not row:
-      return
+  def emit(row):
     ids, starts, special, segs = [], [], [], []
     for k, (p_ids, p_starts) in enumerate(row, 1):
       ids += [[sp.cls], p_ids, [sp.sep]]
@@ -199,18 +225,23 @@ def packed_instances(docs: list[list[Sentence]], sp: Specials, *,
       special += [[True], np.zeros(len(p_ids), bool), [True]]
       segs.append(np.full(len(p_ids) + 2, k, np.int16))
     ids = np.concatenate([np.asarray(x, np.int32) for x in ids])
-    out.append(Instance(ids, np.concatenate([np.asarray(x, bool) for x in starts]),
-                        np.zeros(len(ids), np.int8), np.concatenate(special),
-                        segment_ids=np.concatenate(segs)))
-    row, size = [], 0
+    return Instance(ids, np.concatenate([np.asarray(x, bool) for x in starts]),
+                    np.zeros(len(ids), np.int8), np.concatenate(special),
+                    segment_ids=np.concatenate(segs))
 
-  for piece in pieces:
-    if size + len(piece[0]) + 2 > max_seq_length:
-      emit()
-    row.append(piece)
-    size += len(piece[0]) + 2
-  emit()
-  return out
+  row: list[Sentence] = []
+  size = 0
+  for doc in docs:
+    ids, starts = _concat(doc)
+    for s in range(0, len(ids), max_seq_length - 2):
+      piece = (ids[s:s + max_seq_length - 2], starts[s:s + max_seq_length - 2])
+      if size + len(piece[0]) + 2 > max_seq_length and row:
+        yield emit(row)
+        row, size = [], 0
+      row.append(piece)
+      size += len(piece[0]) + 2
+  if row:
+    yield emit(row)
 
 
 class InstanceStore:

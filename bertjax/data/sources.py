@@ -1,12 +1,14 @@
-"""Text sources -> documents (lists of sentences), and the held-out split.
+"""Text sources -> streams of documents (blocks of paragraphs), and the held-out split.
 
 Layout of text files (the layout BERT's create_pretraining_data.py reads): one paragraph per
-line, a blank line between documents. JSONL: one document per line, its text in a field.
-TFDS: ``tfds.data_source`` (array_record, no TensorFlow).
+line, a blank line between documents. JSONL: one document per line, its text in a field. Either
+may be compressed (.xz, .gz, .zst) and local or on object storage (read as a stream). TFDS:
+``tfds.data_source`` (array_record, no TensorFlow).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import re
@@ -27,38 +29,6 @@ class DataError(UserError):
 def corpus_files() -> list[Path]:
   """The public-domain corpus shipped inside the package (Austen, Dickens, Wells, Verne, KJV)."""
   return sorted(CORPUS_DIR.glob("*.txt.xz"))
-
-
-def _open_text(path: Path) -> Iterator[str]:
-  """The lines of a UTF-8 text file (.xz compressed or not); a bad byte names file:line."""
-  opener = lzma.open if path.suffix == ".xz" else open
-  n = 0
-  try:
-    with opener(path, "rt", encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        yield line
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}:{n + 1}: not UTF-8 text ({e.reason}); convert the file to "
-                    "UTF-8") from None
-  except (lzma.LZMAError, EOFError) as e:
-    raise DataError(f"{path}: not a readable .xz file ({e})") from None
-
-
-def read_text_documents(paths: list[Path]) -> list[list[str]]:
-  """Documents as lists of paragraphs; blank lines separate documents."""
-  docs: list[list[str]] = []
-  for path in paths:
-    current: list[str] = []
-    for line in _open_text(path):
-      line = line.strip()
-      if line:
-        current.append(line)
-      elif current:
-        docs.append(current)
-        current = []
-    if current:
-      docs.append(current)
-  return docs
 
 
 def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterator[tuple[int, dict]]:
@@ -82,20 +52,6 @@ def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterato
     raise error(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
 
 
-def read_jsonl_documents(path: Path, field: str) -> list[list[str]]:
-  docs = []
-  for n, record in read_jsonl(path):
-    if field not in record:
-      raise DataError(f"{path}:{n}: no field {field!r} (set data.text_field)")
-    if not isinstance(record[field], str):
-      raise DataError(f"{path}:{n}: field {field!r} is {json.dumps(record[field])[:40]}, not a "
-                      "string")
-    paragraphs = [p.strip() for p in record[field].split("\n") if p.strip()]
-    if paragraphs:
-      docs.append(paragraphs)
-  return docs
-
-
 def tfds_data_source(name: str, split: str, data_dir: str | None):
   """-> (random-access records of ``name``/``split``, the dataset's feature spec)."""
   try:
@@ -107,42 +63,12 @@ def tfds_data_source(name: str, split: str, data_dir: str | None):
   return source, tfds.builder(name, data_dir=data_dir).info.features
 
 
-def read_tfds_documents(name: str, split: str, field: str, data_dir: str | None) -> list[list[str]]:
-  source, _ = tfds_data_source(name, split, data_dir)
-  docs = []
-  for i in range(len(source)):
-    value = source[i][field]
-    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    paragraphs = [p.strip() for p in text.split("\n") if p.strip()]
-    if paragraphs:
-      docs.append(paragraphs)
-  return docs
-
-
 def read_documents(source: str, *, text_field: str = "text", tfds_split: str = "train",
                    tfds_data_dir: str | None = None) -> list[list[str]]:
-  """Resolve ``data.source`` to documents of paragraphs."""
-  if source == "corpus":
-    return read_text_documents(corpus_files())
-  if source.startswith("tfds:"):
-    return read_tfds_documents(source[5:], tfds_split, text_field, tfds_data_dir)
-  from bertjax import storage
-
-  if storage.is_url(source):  # object storage: read from a local copy (text is read whole)
-    if not storage.exists(source):
-      raise DataError(f"data.source {source} does not exist")
-    source = str(storage.local_copy(source))
-  path = Path(source)
-  if not path.exists():
-    raise DataError(f"data.source {source} does not exist")
-  if path.is_dir():
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".xz") and p.is_file())
-    if not files:
-      raise DataError(f"data.source {source}: no .txt files in the folder")
-    return read_text_documents(files)
-  if path.suffix == ".jsonl":
-    return read_jsonl_documents(path, text_field)
-  return read_text_documents([path])
+  """All of ``data.source``'s document blocks in memory (small corpora, tests)."""
+  kw = dict(tfds_split=tfds_split, tfds_data_dir=tfds_data_dir)
+  return [block for unit in plan_units(source, **kw)
+          for block in unit_documents(unit, text_field=text_field, **kw)]
 
 
 # Sentence boundaries: terminal punctuation (plus closing quotes/brackets), whitespace, then
@@ -172,19 +98,219 @@ def documents_to_sentences(docs: list[list[str]]) -> list[list[str]]:
   return [[s for p in doc for s in split_sentences(p)] for doc in docs]
 
 
-def split_heldout(docs: list[list[str]], fraction: float, seed: int,
-                  block: int = 64) -> tuple[list[list[str]], list[list[str]]]:
-  """Hold out whole contiguous blocks of ``block`` paragraphs (never seen in training).
+# -- streaming: the input as work units --------------------------------------------------------
+# ``prepare-data`` and the in-memory corpus read the input as a list of *units* (a whole
+# compressed file, a byte range of an uncompressed file, or a range of TFDS records), each read
+# as a stream of document blocks. A unit is the unit of parallel work, of random seeding and of
+# resumption, so the result depends on the seed and the unit size, never on how many processes
+# or hosts did the work.
 
-  Blocks, not documents, so that a corpus of a few long books still has a held-out part."""
-  if fraction <= 0:
-    return docs, []
-  rng = np.random.default_rng([seed, 7])
-  train, heldout = [], []
-  for doc in docs:
-    for start in range(0, len(doc), block):
-      piece = doc[start:start + block]
-      (heldout if rng.random() < fraction else train).append(piece)
-  if not heldout:  # tiny corpora: take the last block
-    heldout.append(train.pop())
-  return train, heldout
+UNIT_BYTES = 64 << 20  # byte range of an uncompressed file per unit
+TFDS_UNIT_RECORDS = 20_000
+BLOCK = 64  # paragraphs per document block (the held-out split's granularity)
+COMPRESSED = (".xz", ".gz", ".zst")
+TEXT_NAMES = (".txt", ".text", ".jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  path: str  # a file, or tfds:NAME
+  kind: str  # text | jsonl | tfds
+  start: int = 0  # byte offset (records for tfds)
+  end: int = -1  # exclusive; -1 = to the end (a compressed file is one unit)
+
+
+def _bare_name(name: str) -> str:
+  for suffix in COMPRESSED:
+    if name.endswith(suffix):
+      return name[:-len(suffix)]
+  return name
+
+
+def _is_input(name: str) -> bool:
+  bare = _bare_name(name)
+  return bare.endswith(TEXT_NAMES) or (bare != name and "." not in bare)  # books.xz: text
+
+
+def _file_size(path) -> int:
+  from bertjax import storage
+
+  p = storage.as_path(path)
+  return p.stat().length if storage.is_url(p) else p.stat().st_size
+
+
+def plan_units(source: str, *, tfds_split: str = "train", tfds_data_dir: str | None = None,
+               unit_bytes: int = UNIT_BYTES) -> list[Unit]:
+  """``data.source`` -> the work units, in a fixed order (files sorted by name)."""
+  from bertjax import storage
+
+  if source == "corpus":
+    return [Unit(str(p), "text") for p in corpus_files()]
+  if source.startswith("tfds:"):
+    n = len(tfds_data_source(source[5:], tfds_split, tfds_data_dir)[0])
+    return [Unit(source, "tfds", s, min(s + TFDS_UNIT_RECORDS, n))
+            for s in range(0, n, TFDS_UNIT_RECORDS)]
+  path = storage.as_path(source)
+  if not storage.exists(path):
+    raise DataError(f"data.source {source} does not exist")
+  if path.is_dir():
+    files = [f for f in storage.files_under(path) if _is_input(f.name)]
+    if not files:
+      raise DataError(f"data.source {source}: no .txt or .jsonl files (optionally .gz, .xz, "
+                      ".zst) in the folder")
+  else:
+    files = [path]
+  units = []
+  for f in files:
+    kind = "jsonl" if _bare_name(f.name).endswith(".jsonl") else "text"
+    if f.name.endswith(COMPRESSED):
+      units.append(Unit(str(f), kind))
+      continue
+    size = _file_size(f)
+    units += [Unit(str(f), kind, s, min(s + unit_bytes, size))
+              for s in range(0, max(size, 1), unit_bytes)]
+  return units
+
+
+def _open_binary(path: str):
+  """A binary stream of the file's bytes, decompressed (.xz / .gz / .zst), local or remote."""
+  import gzip
+  import io
+
+  from bertjax import storage
+
+  raw = storage.as_path(path).open("rb")
+  if path.endswith(".xz"):
+    return lzma.open(raw)
+  if path.endswith(".gz"):
+    return gzip.open(raw)
+  if path.endswith(".zst"):
+    try:
+      import zstandard
+    except ImportError:
+      raise DataError(f"{path}: .zst input needs zstandard (pip install zstandard)") from None
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+  return raw
+
+
+def _lines(unit: Unit) -> Iterator[tuple[str, int, str]]:
+  """(where, byte offset, decoded line) of the lines that start at or after ``unit.start`` (the caller
+  decides where the unit ends); a bad byte or stream names the file and the line."""
+  n, pos = 0, unit.start
+  where = lambda: f"{unit.path}:{n}" if unit.start == 0 else f"{unit.path} (byte {pos})"
+  try:
+    with _open_binary(unit.path) as f:
+      if unit.start > 0:
+        f.seek(unit.start - 1)
+        pos = unit.start - 1 + len(f.readline())  # to the first line starting in the unit
+      for raw in f:
+        n += 1
+        try:
+          line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+          raise DataError(f"{where()}: not UTF-8 text ({e.reason}); convert the file to "
+                          "UTF-8") from None
+        yield where(), pos, line
+        pos += len(raw)
+  except (lzma.LZMAError, EOFError, OSError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise DataError(f"{unit.path} does not exist") from None
+    raise DataError(f"{unit.path}: not a readable {Path(unit.path).suffix or 'text'} file "
+                    f"({e})") from None
+
+
+def _blocks(paragraphs: list[str]) -> Iterator[list[str]]:
+  for s in range(0, len(paragraphs), BLOCK):
+    yield paragraphs[s:s + BLOCK]
+
+
+def _text_unit_documents(unit: Unit) -> Iterator[list[str]]:
+  """One paragraph per line, a blank line between documents. A document belongs to the unit
+  where the blank line just before it starts (the file's first document: the first unit), so
+  byte-range units split a file into whole documents, each read exactly once."""
+  owned = unit.start == 0
+  doc: list[str] = []
+  for _, pos, line in _lines(unit):
+    line = line.strip()
+    if not line:
+      if doc:
+        yield doc
+        doc = []
+      if unit.end >= 0 and pos >= unit.end:
+        return
+      owned = True
+    elif owned:
+      doc.append(line)
+      if len(doc) == BLOCK:
+        yield doc
+        doc = []
+  if doc:
+    yield doc
+
+
+def _paragraphs(text: str) -> list[str]:
+  return [p.strip() for p in text.split("\n") if p.strip()]
+
+
+def _jsonl_unit_documents(unit: Unit, field: str) -> Iterator[list[str]]:
+  """One document per line (the lines that start inside the unit)."""
+  for where, pos, line in _lines(unit):
+    if unit.end >= 0 and pos >= unit.end:
+      return
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+      raise DataError(f"{where}: expected a JSON object per line")
+    if field not in record:
+      raise DataError(f"{where}: no field {field!r} (set data.text_field)")
+    if not isinstance(record[field], str):
+      raise DataError(f"{where}: field {field!r} is {json.dumps(record[field])[:40]}, not a "
+                      "string")
+    yield from _blocks(_paragraphs(record[field]))
+
+
+def _tfds_unit_documents(unit: Unit, field: str, split: str,
+                         data_dir: str | None) -> Iterator[list[str]]:
+  source, _ = tfds_data_source(unit.path[5:], split, data_dir)
+  for i in range(unit.start, unit.end):
+    value = source[i][field]
+    yield from _blocks(_paragraphs(value.decode("utf-8") if isinstance(value, bytes)
+                                   else str(value)))
+
+
+def unit_documents(unit: Unit, *, text_field: str = "text", tfds_split: str = "train",
+                   tfds_data_dir: str | None = None) -> Iterator[list[str]]:
+  """The unit's documents as blocks of at most ``BLOCK`` paragraphs, streamed."""
+  if unit.kind == "tfds":
+    return _tfds_unit_documents(unit, text_field, tfds_split, tfds_data_dir)
+  if unit.kind == "jsonl":
+    return _jsonl_unit_documents(unit, text_field)
+  return _text_unit_documents(unit)
+
+
+def heldout_blocks(blocks: Iterator[list[str]], split: str, fraction: float, seed: int,
+                   unit_index: int) -> Iterator[list[str]]:
+  """The unit's blocks of ``split`` ("train" or "eval"): each block is held out with
+  probability ``fraction`` (a draw per block from the unit's own seed, so both splits read
+  the unit independently and agree). The first unit with nothing held out gives its last block
+  to evaluation, so a tiny corpus still has a held-out part."""
+  rng = np.random.default_rng([seed, 7, unit_index])
+  held, last = False, None
+  for block in blocks:
+    to_eval = rng.random() < fraction
+    held |= to_eval
+    if split == "eval":
+      if to_eval:
+        yield block
+      last = block
+    elif not to_eval:
+      if last is not None:
+        yield last  # one block behind: the first unit's last block may go to evaluation
+      last = block
+  fallback = unit_index == 0 and not held and last is not None
+  if (split == "eval") == fallback and last is not None:
+    yield last
