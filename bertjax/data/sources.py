@@ -140,10 +140,11 @@ def _file_size(path) -> int:
 
 
 def plan_units(source: str, *, tfds_split: str = "train", tfds_data_dir: str | None = None,
-               unit_bytes: int = UNIT_BYTES) -> list[Unit]:
+               unit_bytes: int | None = None) -> list[Unit]:
   """``data.source`` -> the work units, in a fixed order (files sorted by name)."""
   from bertjax import storage
 
+  unit_bytes = unit_bytes or UNIT_BYTES
   if source == "corpus":
     return [Unit(str(p), "text") for p in corpus_files()]
   if source.startswith("tfds:"):

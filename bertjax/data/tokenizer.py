@@ -61,6 +61,10 @@ class _HFBackend:
     return [(e.ids, e.offsets, e.word_ids)
             for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
 
+  def words_batch(self, texts: Sequence[str]):
+    return [(e.ids, e.word_ids)
+            for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
   def token_to_id(self, token: str) -> int | None:
     return self.tok.token_to_id(token)
 
@@ -103,6 +107,9 @@ class _SentencePieceBackend:
 
   def tokenize_batch(self, texts: Sequence[str]):
     return [self.tokenize(t) for t in texts]
+
+  def words_batch(self, texts: Sequence[str]):
+    return [(ids, words) for ids, _, words in self.tokenize_batch(texts)]
 
   def token_to_id(self, token: str) -> int | None:
     i = self.sp.piece_to_id(token)
@@ -210,6 +217,10 @@ class Tokenizer:
 
   def tokenize_batch(self, texts: Sequence[str]):
     return self.backend.tokenize_batch(texts)
+
+  def words_batch(self, texts: Sequence[str]) -> list[tuple[list[int], list[int | None]]]:
+    """(ids, word ids) per text, without offsets (pretraining data: the fast path)."""
+    return self.backend.words_batch(texts)
 
   def encode(self, text: str, pair: str | None = None, *, max_length: int | None = None) -> Encoding:
     a = self.tokenize(text)
