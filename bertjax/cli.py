@@ -141,7 +141,8 @@ def _prepare_data(args) -> None:
 
   preset, overrides = _preset_and_overrides(args.args)
   out = prepare_data(experiment_config(preset, overrides).data, args.out, args.shards,
-                     workers=args.workers, shard=args.shard, unit_bytes=args.unit_mb << 20)
+                     workers=args.workers, shard=args.shard, unit_bytes=args.unit_mb << 20,
+                     beam=args.beam)
   print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
 
 
@@ -266,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="this host's share when N hosts prepare into the same folder at once")
   s.add_argument("--unit-mb", type=_positive, default=64,
                  help="MiB of a plain text file per work unit (default 64; part of the result)")
+  s.add_argument("--beam", default=None, metavar="OPTIONS",
+                 help='run as an Apache Beam pipeline with these pipeline options ("" = '
+                      'DirectRunner; e.g. "--runner=DataflowRunner --project=P --region=R '
+                      '--temp_location=gs://B/tmp")')
   s.set_defaults(func=_prepare_data)
 
   s = sub.add_parser("import-hf", help="transformers folder -> bertjax model folder")

@@ -74,8 +74,9 @@ def test_compressed_inputs_read_like_plain_text(tmp_path):
 
 
 def _records(folder: Path, split: str) -> list[bytes]:
+  """Every record of a split ("train", "eval") or of one shard (its file name), in order."""
   meta = json.loads((folder / "meta.json").read_text())
-  store = ArrayRecordStore([folder / n for n in meta[split]])
+  store = ArrayRecordStore([folder / n for n in meta.get(split, [split])])
   return [store.source[i] for i in range(len(store))]
 
 
@@ -175,6 +176,23 @@ def test_hosts_prepare_one_folder_together(corpus, tmp_path):
   assert "units read 1/1" in outputs[0][1]  # host 1 read its own share
   for split in ("train", "eval"):
     assert _records(tmp_path / "one", split) == _records(tmp_path / "two", split)
+
+
+def test_beam_pipeline_writes_the_same_shards(corpus, tmp_path):
+  """The Apache Beam pipeline (DirectRunner, two worker processes) gives the local path's
+  folder: the same records in every shard, the same statistics."""
+  cfg = _cfg(corpus)
+  unit = 40_000
+  local = prep.prepare_data(cfg, tmp_path / "local", 3, unit_bytes=unit, log=lambda m: None)
+  logs = []
+  beam = prep.prepare_data(cfg, tmp_path / "beam", 3, unit_bytes=unit, log=logs.append,
+                           beam="--direct_num_workers=2 --direct_running_mode=multi_processing")
+  assert "Beam pipeline over" in logs[0] and not (tmp_path / ".beam.partial").exists()
+  meta = json.loads((local / "meta.json").read_text())
+  assert json.loads((beam / "meta.json").read_text()) == meta and meta["units"] > 3
+  for name in (*meta["train"], *meta["eval"]):
+    assert _records(local, name) == _records(beam, name)
+  assert np.array_equal(np.load(local / "unigram.npy"), np.load(beam / "unigram.npy"))
 
 
 def test_bad_text_mid_corpus_leaves_nothing(tmp_path, capsys):

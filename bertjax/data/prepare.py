@@ -65,6 +65,11 @@ def shard_name(split: str, k: int, num: int) -> str:
   return f"{split}-{k:05d}-of-{num:05d}.array_record"
 
 
+def shard_bounds(num: int) -> np.ndarray:
+  """Output shard k holds the shuffle keys in [bounds[k], bounds[k + 1])."""
+  return np.array([(k << KEY_BITS) // num for k in range(num + 1)], np.int64)
+
+
 def _estimated_bytes(unit: sources.Unit) -> int:
   """Serialized instance bytes a unit will give, roughly (to size the shards)."""
   if unit.kind == "tfds":
@@ -109,8 +114,7 @@ def unit_job(work: str, cfg: DataConfig, plan: dict, u: int) -> int:
   summary: dict = {"parts": {}, "count": {}, "tokens": {}}
   unigram = np.zeros(tokenizer.vocab_size, np.int64)
   for split in SPLITS:
-    num = plan["shards"][split]
-    bounds = np.array([(k << KEY_BITS) // num for k in range(num + 1)], np.int64)
+    bounds = shard_bounds(plan["shards"][split])
     parts, buf, ids, size = [], [], [], 0
 
     def flush():
@@ -151,8 +155,6 @@ def unit_job(work: str, cfg: DataConfig, plan: dict, u: int) -> int:
 
 def shard_job(work: str, name: str, pieces: list[tuple[str, int, int]]) -> int:
   """Gather the byte ranges ``pieces`` (part, start, end), sort by key, write shard ``name``."""
-  from array_record.python.array_record_module import ArrayRecordWriter
-
   work = storage.as_path(work)
   records = []
   for part, lo, hi in pieces:
@@ -168,19 +170,25 @@ def shard_job(work: str, name: str, pieces: list[tuple[str, int, int]]) -> int:
       records.append((key, data[o:o + n]))
       o += n
   records.sort(key=lambda kr: kr[0])  # stable: ties keep unit order
-  target = work / name
-  local = target.with_name(f".{name}.partial") if not storage.is_url(target) else None
+  write_shard(work / name, (r for _, r in records))
+  return len(records)
+
+
+def write_shard(target, records) -> None:
+  """An ArrayRecord file of ``records``, appearing whole (local rename or one upload)."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  local = target.with_name(f".{target.name}.partial") if not storage.is_url(target) else None
   with tempfile.TemporaryDirectory() as scratch:
-    path = local or Path(scratch) / name
+    path = local or Path(scratch) / target.name
     writer = ArrayRecordWriter(str(path), "group_size:1")
-    for _, record in records:
+    for record in records:
       writer.write(record)
     writer.close()
     if local is None:
-      storage.copy_file(path, target)  # one upload: the shard appears whole
+      storage.copy_file(path, target)
     else:
       os.replace(path, target)
-  return len(records)
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -241,8 +249,11 @@ def _claim(work, out, plan: dict, primary: bool, poll: float, log) -> None:
 def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = None, *,
                  workers: int = 1, shard: tuple[int, int] = (0, 1),
                  unit_bytes: int = sources.UNIT_BYTES, poll: float = 5.0,
+                 beam: list[str] | None = None,
                  log: Callable[[str], None] | None = None) -> Path:
-  """Prepare ``cfg.source`` into ``out_dir`` (see the module docstring); -> the folder."""
+  """Prepare ``cfg.source`` into ``out_dir`` (see the module docstring); -> the folder.
+  ``beam``: run steps 1-2 as an Apache Beam pipeline with these pipeline options instead
+  (``bertjax.data.beam``)."""
   log = log or (lambda msg: print(f"prepare-data: {msg}", file=sys.stderr, flush=True))
   out = storage.absolute(out_dir)
   remote = storage.is_url(out)
@@ -254,6 +265,11 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = 
   work = out if remote else out.parent / f".{out.name}.partial"
   _claim(work, out, plan, primary, poll, log)
   try:
+    if beam is not None:
+      from bertjax.data.beam import run_pipeline
+
+      finish(cfg, plan, work, run_pipeline(cfg, plan, work, beam, log))
+      return publish(out, work)
     return _prepare(cfg, plan, out, work, workers, host, hosts, poll, log)
   except sources.DataError:
     if hosts == 1:  # the input must change, and with it the plan: nothing to resume
@@ -289,36 +305,48 @@ def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
   return _publish(cfg, plan, out, work)
 
 
+def unit_stats(work, plan: dict) -> dict:
+  """Instances, tokens and training-token counts summed over the units' markers."""
+  summaries = [json.loads(_marker(work, u).read_text()) for u in range(len(plan["units"]))]
+  unigram = None
+  for u in range(len(plan["units"])):
+    with (work / "units" / f"u{u:06d}-unigram.npy").open("rb") as f:
+      counts = np.load(f)
+    unigram = counts if unigram is None else unigram + counts
+  return {"count": {split: sum(s["count"][split] for s in summaries) for split in SPLITS},
+          "tokens": {split: sum(s["tokens"][split] for s in summaries) for split in SPLITS},
+          "unigram": unigram}
+
+
 def _publish(cfg: DataConfig, plan: dict, out, work):
-  units = range(len(plan["units"]))
-  if not storage.exists(work / "units"):  # an earlier run got as far as removing the parts
-    meta = json.loads((work / f".{META}").read_text())
-  else:
-    summaries = [json.loads(_marker(work, u).read_text()) for u in units]
-    count = {split: sum(s["count"][split] for s in summaries) for split in SPLITS}
-    for split in SPLITS:
-      if not count[split]:
-        raise too_short(cfg, split)
-    unigram = None
-    for u in units:
-      with (work / "units" / f"u{u:06d}-unigram.npy").open("rb") as f:
-        counts = np.load(f)
-      unigram = counts if unigram is None else unigram + counts
-    with io.BytesIO() as f:
-      np.save(f, unigram)
-      storage.write_bytes(work / UNIGRAM, f.getvalue())  # SpanBERT's replacements need it
-    _tokenizer(cfg).save(work / "tokenizer")
-    meta = {"data": plan["data"], "unigram_token": int(np.argmax(unigram)),
-            "train": [shard_name("train", k, plan["shards"]["train"])
-                      for k in range(plan["shards"]["train"])],
-            "eval": [shard_name("eval", k, plan["shards"]["eval"])
-                     for k in range(plan["shards"]["eval"])],
-            "num_train": count["train"], "num_eval": count["eval"],
-            "train_tokens": sum(s["tokens"]["train"] for s in summaries),
-            "eval_tokens": sum(s["tokens"]["eval"] for s in summaries),
-            "units": len(units), "unit_bytes": plan["unit_bytes"]}
-    storage.write_text(work / f".{META}", json.dumps(meta))
+  if storage.exists(work / "units"):
+    finish(cfg, plan, work, unit_stats(work, plan))
     storage.rmtree(work / "units")  # the parts: as large as the output
+  return publish(out, work)
+
+
+def finish(cfg: DataConfig, plan: dict, work, stats: dict) -> None:
+  """Write what describes the shards (unigram.npy, tokenizer/, meta kept aside as .meta.json
+  until ``publish``)."""
+  for split in SPLITS:
+    if not stats["count"][split]:
+      raise too_short(cfg, split)
+  with io.BytesIO() as f:
+    np.save(f, stats["unigram"])
+    storage.write_bytes(work / UNIGRAM, f.getvalue())  # SpanBERT's replacements need it
+  _tokenizer(cfg).save(work / "tokenizer")
+  meta = {"data": plan["data"], "unigram_token": int(np.argmax(stats["unigram"])),
+          **{split: [shard_name(split, k, plan["shards"][split])
+                     for k in range(plan["shards"][split])] for split in SPLITS},
+          "num_train": stats["count"]["train"], "num_eval": stats["count"]["eval"],
+          "train_tokens": stats["tokens"]["train"], "eval_tokens": stats["tokens"]["eval"],
+          "units": len(plan["units"]), "unit_bytes": plan["unit_bytes"]}
+  storage.write_text(work / f".{META}", json.dumps(meta))
+
+
+def publish(out, work):
+  """meta.json, then the folder appears whole (rename, or the COMMIT marker)."""
+  meta = json.loads((work / f".{META}").read_text())
   storage.write_text(work / META, json.dumps(meta, indent=1) + "\n")
   if storage.is_url(out):
     (out / storage.COMMIT).write_text("complete\n")
