@@ -138,11 +138,21 @@ def _predict(args) -> None:
 def _prepare_data(args) -> None:
   from bertjax.config import experiment_config
   from bertjax.data.prepare import prepare_data
+  from bertjax.errors import UserError
 
   preset, overrides = _preset_and_overrides(args.args)
-  out = prepare_data(experiment_config(preset, overrides).data, args.out, args.shards,
-                     workers=args.workers, shard=args.shard, unit_bytes=args.unit_mb << 20,
-                     beam=args.beam)
+  cfg = experiment_config(preset, overrides).data
+  if args.beam is None:
+    out = prepare_data(cfg, args.out, args.shards, workers=args.workers, shard=args.shard,
+                       unit_bytes=args.unit_mb << 20)
+  else:
+    if args.workers != 1 or args.shard != (0, 1):
+      raise UserError("prepare-data: --beam runs on the runner's workers; drop --workers and "
+                      "--shard (set the runner's parallelism in the Beam options)")
+    from bertjax.data.beam import prepare_data_beam
+
+    out = prepare_data_beam(cfg, args.out, args.shards, options=args.beam,
+                            unit_bytes=args.unit_mb << 20)
   print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
 
 

@@ -181,12 +181,14 @@ def test_hosts_prepare_one_folder_together(corpus, tmp_path):
 def test_beam_pipeline_writes_the_same_shards(corpus, tmp_path):
   """The Apache Beam pipeline (DirectRunner, two worker processes) gives the local path's
   folder: the same records in every shard, the same statistics."""
+  from bertjax.data.beam import prepare_data_beam
+
   cfg = _cfg(corpus)
   unit = 40_000
   local = prep.prepare_data(cfg, tmp_path / "local", 3, unit_bytes=unit, log=lambda m: None)
   logs = []
-  beam = prep.prepare_data(cfg, tmp_path / "beam", 3, unit_bytes=unit, log=logs.append,
-                           beam="--direct_num_workers=2 --direct_running_mode=multi_processing")
+  beam = prepare_data_beam(cfg, tmp_path / "beam", 3, unit_bytes=unit, log=logs.append,
+                           options="--direct_num_workers=2 --direct_running_mode=multi_processing")
   assert "Beam pipeline over" in logs[0] and not (tmp_path / ".beam.partial").exists()
   meta = json.loads((local / "meta.json").read_text())
   assert json.loads((beam / "meta.json").read_text()) == meta and meta["units"] > 3

@@ -17,8 +17,10 @@ launcher then writes unigram.npy, the tokenizer and meta.json and publishes the 
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +29,14 @@ from bertjax.config import DataConfig
 from bertjax.data import sources
 from bertjax.data.corpus import SPLITS, unit_instances
 from bertjax.data.instances import serialize
-from bertjax.data.prepare import _tokenizer, shard_bounds, shard_name, write_shard
+from bertjax.data.prepare import _tokenizer, prepare_data, shard_bounds, shard_name, write_shard
+
+
+def prepare_data_beam(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = None, *,
+                      options: list[str] | str = "", **kw) -> Path:
+  """``prepare_data`` with steps 1-2 run by Apache Beam (``options``: pipeline options)."""
+  return prepare_data(cfg, out_dir, num_shards,
+                      steps=functools.partial(run_pipeline, options=options), **kw)
 
 
 def _unit_records(u: int, cfg: DataConfig, plan: dict):
@@ -87,7 +96,7 @@ def _save_stats(stats: dict, work: str) -> None:
        "unigram": stats["unigram"].tolist()}))
 
 
-def run_pipeline(cfg: DataConfig, plan: dict, work, options: list[str] | str, log) -> dict:
+def run_pipeline(cfg: DataConfig, plan: dict, work, log, *, options: list[str] | str) -> dict:
   """Run steps 1-2 with Beam into ``work``; -> the summed statistics."""
   try:
     import apache_beam as beam

@@ -249,11 +249,11 @@ def _claim(work, out, plan: dict, primary: bool, poll: float, log) -> None:
 def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = None, *,
                  workers: int = 1, shard: tuple[int, int] = (0, 1),
                  unit_bytes: int = sources.UNIT_BYTES, poll: float = 5.0,
-                 beam: list[str] | None = None,
+                 steps: Callable | None = None,
                  log: Callable[[str], None] | None = None) -> Path:
   """Prepare ``cfg.source`` into ``out_dir`` (see the module docstring); -> the folder.
-  ``beam``: run steps 1-2 as an Apache Beam pipeline with these pipeline options instead
-  (``bertjax.data.beam``)."""
+  ``steps(cfg, plan, work, log) -> statistics``: another engine for steps 1-2 (Apache Beam:
+  ``bertjax.data.beam.prepare_data_beam``)."""
   log = log or (lambda msg: print(f"prepare-data: {msg}", file=sys.stderr, flush=True))
   out = storage.absolute(out_dir)
   remote = storage.is_url(out)
@@ -265,10 +265,8 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = 
   work = out if remote else out.parent / f".{out.name}.partial"
   _claim(work, out, plan, primary, poll, log)
   try:
-    if beam is not None:
-      from bertjax.data.beam import run_pipeline
-
-      finish(cfg, plan, work, run_pipeline(cfg, plan, work, beam, log))
+    if steps is not None:
+      finish(cfg, plan, work, steps(cfg, plan, work, log))
       return publish(out, work)
     return _prepare(cfg, plan, out, work, workers, host, hosts, poll, log)
   except sources.DataError:
