@@ -137,6 +137,50 @@ def prepared(bucket, corpus):
   return out
 
 
+def test_prepare_data_on_gcs_resumes_across_hosts_and_is_refused_until_complete(
+    bucket, corpus, tmp_path, nothing_local, monkeypatch):
+  """Input and output in the bucket: host 1 of 2 is preempted after one unit (the folder is
+  refused for training), then both hosts run again and the result is the local path's."""
+  from bertjax.config import experiment_config
+  from bertjax.data import prepare as prep
+  from bertjax.data.corpus import load_corpus
+  from bertjax.data.sources import DataError
+
+  text = upload(corpus, f"{bucket}/resume/books.txt")
+  cfg = experiment_config(None, [f"data.source={text}"]).data
+  unit = 60_000
+  local = prep.prepare_data(experiment_config(None, [f"data.source={corpus}"]).data,
+                            tmp_path / "local", 2, unit_bytes=unit, log=lambda m: None)
+  out = f"{bucket}/resume/prepared"
+  real_job, done = prep.unit_job, []
+
+  def preempted_after_one(*job):
+    if done:
+      raise KeyboardInterrupt
+    done.append(real_job(*job))
+
+  monkeypatch.setattr(prep, "unit_job", preempted_after_one)
+  with pytest.raises(KeyboardInterrupt):
+    prep.prepare_data(cfg, out, 2, unit_bytes=unit, shard=(1, 2), log=lambda m: None)
+  assert storage.exists(out) and not storage.is_published(out)
+  with pytest.raises(DataError, match="unfinished prepare-data folder"):
+    load_corpus(experiment_config(None, [f"data.source={out}"]).data)
+  monkeypatch.setattr(prep, "unit_job", real_job)
+  hosts = [threading.Thread(target=prep.prepare_data, args=(cfg, out, 2),
+                            kwargs=dict(unit_bytes=unit, shard=(i, 2), poll=0.2,
+                                        log=lambda m: None)) for i in (1, 0)]
+  for h in hosts:
+    h.start()
+  for h in hosts:
+    h.join(timeout=300)
+  assert storage.is_published(out)
+  names = {p.name for p in epath.Path(out).iterdir()}
+  assert "units" not in names and "plan.json" not in names
+  for name in ("train-00000-of-00002.array_record", "train-00001-of-00002.array_record",
+               "eval-00000-of-00001.array_record", "unigram.npy"):
+    assert epath.Path(out, name).read_bytes() == (local / name).read_bytes()
+
+
 def test_prepare_data_then_pretrain_stop_and_resume_on_gcs(bucket, prepared, corpus, tmp_path,
                                                            nothing_local):
   assert storage.is_published(prepared)

@@ -26,6 +26,7 @@ from bertjax.data.tokenizer import Tokenizer
 
 META = "meta.json"  # a prepared folder's index: shards, counts, unigram token, the data config
 UNIGRAM = "unigram.npy"  # a prepared folder's training-token counts [vocab]
+PLAN = "plan.json"  # in a prepare-data work folder until the preparation is complete
 
 SHIPPED_TOKENIZERS = {  # vocabularies trained on the shipped corpus (bertjax train-tokenizer)
     "corpus": "tokenizer",  # WordPiece, 8192, uncased (BERT)
@@ -137,6 +138,10 @@ def token_counts(store: InstanceStore, vocab_size: int) -> np.ndarray:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
   """Instances from raw text (tokenized now) or from a ``prepare-data`` ArrayRecord folder."""
+  if not sources.is_builtin(cfg.source) and storage.exists(storage.as_path(cfg.source) / PLAN):
+    raise sources.DataError(f"data.source {cfg.source}: an unfinished prepare-data folder (its "
+                            "preparation did not complete); run the same prepare-data command "
+                            "again to finish it")
   if is_prepared(cfg.source):
     root = storage.as_path(cfg.source)
     storage.check_published(root, "prepared data folder")

@@ -51,14 +51,13 @@ import numpy as np
 from bertjax import storage
 from bertjax.config import DataConfig, to_dict
 from bertjax.data import sources
-from bertjax.data.corpus import (KEY_BITS, META, SPLITS, UNIGRAM, load_tokenizer, too_short,
-                                 unit_instances)
+from bertjax.data.corpus import (KEY_BITS, META, PLAN, SPLITS, UNIGRAM, load_tokenizer,
+                                 too_short, unit_instances)
 from bertjax.data.instances import serialize
 
 PART_BYTES = 64 << 20  # instances buffered per part before it is sorted and written
 SHARD_BYTES = 128 << 20  # target size of an output shard when --shards is not given
 _FRAME = struct.Struct("<qI")  # a part's record: shuffle key, length, then the instance bytes
-PLAN = "plan.json"
 
 
 def shard_name(split: str, k: int, num: int) -> str:

@@ -139,6 +139,11 @@ def _file_size(path) -> int:
   return p.stat().length if storage.is_url(p) else p.stat().st_size
 
 
+def is_builtin(source: str) -> bool:
+  """The shipped corpus or a TFDS name (not a path)."""
+  return source == "corpus" or source.startswith("tfds:")
+
+
 def plan_units(source: str, *, tfds_split: str = "train", tfds_data_dir: str | None = None,
                unit_bytes: int | None = None) -> list[Unit]:
   """``data.source`` -> the work units, in a fixed order (files sorted by name)."""
