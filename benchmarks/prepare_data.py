@@ -35,7 +35,8 @@ def generate(folder: Path, megabytes: int, file_mb: int, seed: int = 0) -> int:
   from bertjax.data.sources import corpus_files
 
   paragraphs = [line for f in corpus_files()
-                for line in lzma.open(f, "rt", encoding="utf-8").read().splitlines() if line.strip()]
+                for line in lzma.open(f, "rt", encoding="utf-8").read().splitlines()
+                if line.strip()]
   rng = np.random.default_rng(seed)
   folder.mkdir(parents=True)
   total, k = 0, 0

@@ -105,7 +105,8 @@ def run_pipeline(cfg: DataConfig, plan: dict, work, log, *, options: list[str] |
     raise sources.DataError("--beam needs Apache Beam: pip install 'bertjax[beam]'") from None
   if isinstance(options, str):
     options = shlex.split(options)
-  log(f"Beam pipeline over {len(plan['units'])} input units ({' '.join(options) or 'DirectRunner'})")
+  runner = " ".join(options) or "DirectRunner"
+  log(f"Beam pipeline over {len(plan['units'])} input units ({runner})")
   with beam.Pipeline(options=PipelineOptions(options)) as p:
     out = (p | "units" >> beam.Create(list(range(len(plan["units"]))))
            | "spread" >> beam.Reshuffle()

@@ -200,8 +200,8 @@ def _open_binary(path: str):
 
 
 def _lines(unit: Unit) -> Iterator[tuple[str, int, str]]:
-  """(where, byte offset, decoded line) of the lines that start at or after ``unit.start`` (the caller
-  decides where the unit ends); a bad byte or stream names the file and the line."""
+  """(where, byte offset, decoded line) of the lines that start at or after ``unit.start``
+  (the caller decides where the unit ends); a bad byte or stream names the file and line."""
   n, pos = 0, unit.start
   where = lambda: f"{unit.path}:{n}" if unit.start == 0 else f"{unit.path} (byte {pos})"
   try:
