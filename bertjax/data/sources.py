@@ -31,6 +31,17 @@ def corpus_files() -> list[Path]:
   return sorted(CORPUS_DIR.glob("*.txt.xz"))
 
 
+def json_object(line: str, where: str, error: type[ValueError] = DataError) -> dict:
+  """One JSONL line as a dict; anything else raises ``error`` naming ``where``."""
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise error(f"{where}: invalid JSON ({e.msg})") from None
+  if not isinstance(record, dict):
+    raise error(f"{where}: expected a JSON object per line")
+  return record
+
+
 def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterator[tuple[int, dict]]:
   """(line number, object) per non-blank line; a bad line raises ``error`` naming file:line."""
   from bertjax import storage
@@ -39,15 +50,8 @@ def read_jsonl(path: str | Path, error: type[ValueError] = DataError) -> Iterato
   try:
     with storage.as_path(path).open(encoding="utf-8") as f:
       for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-          raise error(f"{path}:{n}: expected a JSON object per line")
-        yield n, record
+        if line.strip():
+          yield n, json_object(line, f"{path}:{n}", error)
   except UnicodeDecodeError as e:
     raise error(f"{path}:{n + 1}: not UTF-8 text ({e.reason})") from None
 
@@ -265,12 +269,7 @@ def _jsonl_unit_documents(unit: Unit, field: str) -> Iterator[list[str]]:
       return
     if not line.strip():
       continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-      raise DataError(f"{where}: expected a JSON object per line")
+    record = json_object(line, where)
     if field not in record:
       raise DataError(f"{where}: no field {field!r} (set data.text_field)")
     if not isinstance(record[field], str):
