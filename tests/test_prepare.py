@@ -61,7 +61,9 @@ def test_compressed_inputs_read_like_plain_text(tmp_path):
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "a.txt.gz").write_bytes(gzip.compress(raw))
   (tmp_path / "in" / "b.txt.xz").write_bytes(lzma.compress(raw))
-  (tmp_path / "in" / "c.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+  half = len(raw) // 2  # two frames, as zstd -c a b > c writes them
+  (tmp_path / "in" / "c.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(raw[:half])
+                                             + zstandard.ZstdCompressor().compress(raw[half:]))
   (tmp_path / "in" / "d.txt").write_bytes(raw)
   (tmp_path / "in" / "notes.md").write_text("not an input")
   units = sources.plan_units(str(tmp_path / "in"), unit_bytes=500)
@@ -71,6 +73,15 @@ def test_compressed_inputs_read_like_plain_text(tmp_path):
   for u in units:
     per_file.setdefault(Path(u.path).name, []).extend(sources.unit_documents(u))
   assert len(per_file) == 4 and all(d == per_file["d.txt"] for d in per_file.values())
+  zst = zstandard.ZstdCompressor().compress(raw)
+  for name, data in (("e.txt.zst", zst[:-40] + b"junk"), ("e.txt.zst", zst[:-10]),
+                     ("e.txt.gz", gzip.compress(raw)[:-30]), ("e.txt.xz", b"not xz")):
+    bad = tmp_path / "bad" / name
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(data)
+    with pytest.raises(sources.DataError, match=f"{name}: not a readable"):
+      sources.read_documents(str(bad))
+    bad.unlink()
 
 
 def _records(folder: Path, split: str) -> list[bytes]:

@@ -9,6 +9,7 @@ may be compressed (.xz, .gz, .zst) and local or on object storage (read as a str
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import lzma
 import re
@@ -185,7 +186,6 @@ def plan_units(source: str, *, tfds_split: str = "train", tfds_data_dir: str | N
 def _open_binary(path: str):
   """A binary stream of the file's bytes, decompressed (.xz / .gz / .zst), local or remote."""
   import gzip
-  import io
 
   from bertjax import storage
 
@@ -195,12 +195,51 @@ def _open_binary(path: str):
   if path.endswith(".gz"):
     return gzip.open(raw)
   if path.endswith(".zst"):
+    return io.BufferedReader(_ZstdReader(raw, path))
+  return raw
+
+
+class _ZstdReader(io.RawIOBase):
+  """Decompressed .zst frames one after another; unlike zstandard's ``stream_reader``, a file
+  that ends inside a frame (truncated) is an error, not a quiet end of the text."""
+
+  def __init__(self, raw, path: str):
     try:
       import zstandard
     except ImportError:
       raise DataError(f"{path}: .zst input needs zstandard (pip install zstandard)") from None
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-  return raw
+    self._frame = zstandard.ZstdDecompressor().decompressobj
+    self.raw, self.path = raw, path
+    self.d, self.inside = self._frame(), False  # inside: a frame has begun and not ended
+    self.out, self.pos = b"", 0
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while self.pos == len(self.out):
+      data = self.raw.read(1 << 20)
+      if not data:
+        if self.inside:
+          raise DataError(f"{self.path}: not a readable .zst file (it ends inside a frame: "
+                          "truncated)")
+        return 0
+      pieces = []
+      while data:
+        pieces.append(self.d.decompress(data))
+        self.inside = True
+        if not self.d.eof:
+          break
+        data, self.d, self.inside = self.d.unused_data, self._frame(), False
+      self.out, self.pos = b"".join(pieces), 0
+    n = min(len(buffer), len(self.out) - self.pos)
+    buffer[:n] = self.out[self.pos:self.pos + n]
+    self.pos += n
+    return n
+
+  def close(self) -> None:
+    self.raw.close()
+    super().close()
 
 
 def _lines(unit: Unit) -> Iterator[tuple[str, int, str]]:
@@ -222,9 +261,13 @@ def _lines(unit: Unit) -> Iterator[tuple[str, int, str]]:
                           "UTF-8") from None
         yield where(), pos, line
         pos += len(raw)
-  except (lzma.LZMAError, EOFError, OSError) as e:
+  except DataError:
+    raise
+  except Exception as e:  # a broken stream: lzma, gzip (OSError), zstandard (ZstdError)
     if isinstance(e, FileNotFoundError):
       raise DataError(f"{unit.path} does not exist") from None
+    if not isinstance(e, (lzma.LZMAError, EOFError, OSError)) and type(e).__name__ != "ZstdError":
+      raise
     raise DataError(f"{unit.path}: not a readable {Path(unit.path).suffix or 'text'} file "
                     f"({e})") from None
 
@@ -301,8 +344,8 @@ def heldout_blocks(blocks: Iterator[list[str]], split: str, fraction: float, see
                    unit_index: int) -> Iterator[list[str]]:
   """The unit's blocks of ``split`` ("train" or "eval"): each block is held out with
   probability ``fraction`` (a draw per block from the unit's own seed, so both splits read
-  the unit independently and agree). The first unit with nothing held out gives its last block
-  to evaluation, so a tiny corpus still has a held-out part."""
+  the unit independently and agree). If nothing of unit 0 is held out, its last block goes to
+  evaluation, so a tiny corpus still has a held-out part."""
   rng = np.random.default_rng([seed, 7, unit_index])
   held, last = False, None
   for block in blocks:
