@@ -219,29 +219,3 @@ def test_bad_text_mid_corpus_leaves_nothing(tmp_path, capsys):
   errors = [line for line in err.splitlines() if not line.startswith("prepare-data: ")]
   assert len(errors) == 1 and "b.txt:4: not UTF-8" in errors[0]  # one line, no traceback
   assert not (tmp_path / "prep").exists() and not (tmp_path / ".prep.partial").exists()
-
-
-def test_a_host_failing_on_bad_text_stops_the_others(tmp_path):
-  import threading
-
-  folder = tmp_path / "text"
-  folder.mkdir()
-  (folder / "a.txt").write_text(_docs_text(np.random.default_rng(3), 10))
-  (folder / "b.txt").write_bytes(b"fine line\n\n\xff broken\n")
-  cfg = _cfg(folder)
-  errors = {}
-
-  def host(i):
-    try:
-      prep.prepare_data(cfg, tmp_path / "prep", 1, shard=(i, 2), poll=0.1, log=lambda m: None)
-    except sources.DataError as e:
-      errors[i] = str(e)
-
-  threads = [threading.Thread(target=host, args=(i,)) for i in (0, 1)]
-  for t in threads:
-    t.start()
-  for t in threads:
-    t.join(timeout=120)
-  assert "b.txt:3: not UTF-8" in errors[1]  # host 1 read b.txt
-  assert errors[0].startswith("another host failed: host 1:")
-  assert not (tmp_path / "prep").exists()

@@ -58,7 +58,6 @@ from bertjax.data.instances import serialize
 PART_BYTES = 64 << 20  # instances buffered per part before it is sorted and written
 SHARD_BYTES = 128 << 20  # target size of an output shard when --shards is not given
 _FRAME = struct.Struct("<qI")  # a part's record: shuffle key, length, then the instance bytes
-FAILED = "failed.txt"  # a host's one-line error, so that the other hosts stop waiting
 
 
 def shard_name(split: str, k: int, num: int) -> str:
@@ -218,11 +217,9 @@ def _run(fn: Callable, jobs: list[tuple], workers: int, what: str, log) -> None:
       log(f"{what} {i}/{len(jobs)}")
 
 
-def _wait(ready: Callable[[], bool], what: str, poll: float, log, work=None) -> None:
+def _wait(ready: Callable[[], bool], what: str, poll: float, log) -> None:
   told = False
   while not ready():
-    if work is not None and storage.exists(work / FAILED):
-      raise sources.DataError(f"another host failed: {(work / FAILED).read_text().strip()}")
     if not told:
       log(f"waiting for the other hosts: {what}")
       told = True
@@ -235,8 +232,6 @@ def _claim(work, out, plan: dict, primary: bool, poll: float, log) -> None:
   if storage.exists(path):
     if json.loads(path.read_text()) == plan:
       log(f"resuming the preparation in {work}")
-      if primary:
-        (work / FAILED).unlink(missing_ok=True)  # a host's earlier failure: this is the retry
       return
     if not primary:  # host 0 starts over; wait until it has
       _wait(lambda: storage.exists(path) and json.loads(path.read_text()) == plan,
@@ -273,11 +268,9 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = 
       finish(cfg, plan, work, steps(cfg, plan, work, log))
       return publish(out, work)
     return _prepare(cfg, plan, out, work, workers, host, hosts, poll, log)
-  except sources.DataError as e:
+  except sources.DataError:
     if hosts == 1:  # the input must change, and with it the plan: nothing to resume
       storage.rmtree(work)
-    else:  # the other hosts stop waiting for this one
-      storage.write_text(work / FAILED, f"host {host}: {e}\n")
     raise
 
 
@@ -293,7 +286,7 @@ def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
     log(f"{num_units} input units, {len(todo)} to read here with {workers} worker(s)")
     _run(unit_job, [(str(work), cfg, plan, u) for u in todo], workers, "units read", log)
     _wait(lambda: all(storage.exists(_marker(work, u)) for u in range(num_units)),
-          "reading their units", poll, log, work)
+          "reading their units", poll, log)
     summaries = [json.loads(_marker(work, u).read_text()) for u in range(num_units)]
     jobs = []
     for split in SPLITS:
@@ -305,7 +298,7 @@ def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
     _run(shard_job, jobs, workers, "shards written", log)
   if host != 0:
     return out
-  _wait(shards_done, "writing their shards", poll, log, work)
+  _wait(shards_done, "writing their shards", poll, log)
   return _publish(cfg, plan, out, work)
 
 
