@@ -27,6 +27,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Union
 
@@ -76,7 +77,8 @@ def write_bytes(path: AnyPath, data: bytes) -> None:
   if is_url(path):
     path.write_bytes(data)
     return
-  tmp = path.with_name(f".{path.name}.partial")
+  # a name of its own: processes (hosts sharing a folder) may write the same file at once
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
   try:
     tmp.write_bytes(data)
     os.replace(tmp, path)

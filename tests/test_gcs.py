@@ -139,7 +139,7 @@ def prepared(bucket, corpus):
 
 def test_prepare_data_on_gcs_resumes_across_hosts_and_is_refused_until_complete(
     bucket, corpus, tmp_path, nothing_local, monkeypatch):
-  """Input and output in the bucket: host 1 of 2 is preempted after one unit (the folder is
+  """Input and output in the bucket: host 0 of 2 is preempted after one unit (the folder is
   refused for training), then both hosts run again and the result is the local path's."""
   from bertjax.config import experiment_config
   from bertjax.data import prepare as prep
@@ -151,6 +151,7 @@ def test_prepare_data_on_gcs_resumes_across_hosts_and_is_refused_until_complete(
   unit = 60_000
   local = prep.prepare_data(experiment_config(None, [f"data.source={corpus}"]).data,
                             tmp_path / "local", 2, unit_bytes=unit, log=lambda m: None)
+  assert json.loads((local / "meta.json").read_text())["units"] >= 3  # host 0 has two or more
   out = f"{bucket}/resume/prepared"
   real_job, done = prep.unit_job, []
 
@@ -161,7 +162,7 @@ def test_prepare_data_on_gcs_resumes_across_hosts_and_is_refused_until_complete(
 
   monkeypatch.setattr(prep, "unit_job", preempted_after_one)
   with pytest.raises(KeyboardInterrupt):
-    prep.prepare_data(cfg, out, 2, unit_bytes=unit, shard=(1, 2), log=lambda m: None)
+    prep.prepare_data(cfg, out, 2, unit_bytes=unit, shard=(0, 2), log=lambda m: None)
   assert storage.exists(out) and not storage.is_published(out)
   with pytest.raises(DataError, match="unfinished prepare-data folder"):
     load_corpus(experiment_config(None, [f"data.source={out}"]).data)

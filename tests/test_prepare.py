@@ -219,3 +219,49 @@ def test_bad_text_mid_corpus_leaves_nothing(tmp_path, capsys):
   errors = [line for line in err.splitlines() if not line.startswith("prepare-data: ")]
   assert len(errors) == 1 and "b.txt:4: not UTF-8" in errors[0]  # one line, no traceback
   assert not (tmp_path / "prep").exists() and not (tmp_path / ".prep.partial").exists()
+
+
+def test_a_failing_host_stops_the_others_and_all_rerun(corpus, tmp_path, monkeypatch):
+  """--shard hosts (threads here): one fails -> the others stop with its error instead of
+  waiting forever; then every host reruns (the failure is stale) -> the one-host folder."""
+  import threading
+
+  cfg = _cfg(corpus)
+  unit = 40_000
+  reference = prep.prepare_data(cfg, tmp_path / "one", 2, unit_bytes=unit, log=lambda m: None)
+  real_job, flaky = prep.unit_job, [True]
+
+  def fails_once_on_unit_1(work, cfg, plan, u):
+    if u == 1 and flaky.pop() if flaky else False:
+      raise OSError("connection reset")
+    return real_job(work, cfg, plan, u)
+
+  monkeypatch.setattr(prep, "unit_job", fails_once_on_unit_1)
+
+  def run_hosts():
+    errors = {}
+
+    def host(i):
+      try:
+        prep.prepare_data(cfg, tmp_path / "two", 2, unit_bytes=unit, shard=(i, 2), poll=0.05,
+                          log=lambda m: None)
+      except Exception as e:  # noqa: BLE001 - what each host raised is the result
+        errors[i] = e
+
+    threads = [threading.Thread(target=host, args=(i,)) for i in (1, 0)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a host is still waiting"
+    return errors
+
+  errors = run_hosts()
+  assert isinstance(errors[1], OSError)  # host 1 read unit 1
+  assert isinstance(errors[0], prep.HostFailed)
+  assert str(errors[0]) == "host 1 failed: OSError: connection reset"
+  assert not is_prepared(tmp_path / "two")
+  assert run_hosts() == {}  # host 1's failure is older than this attempt: nobody stops on it
+  assert not (tmp_path / "two" / "hosts").exists()
+  for split in ("train", "eval"):
+    assert _records(reference, split) == _records(tmp_path / "two", split)

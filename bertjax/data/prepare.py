@@ -28,8 +28,12 @@ step 1; one output shard (``SHARD_BYTES`` by default) in step 2 -- not the corpu
 
 Interrupted, the same command resumes: finished units and shards are kept (the work folder's
 ``plan.json`` names the inputs, their sizes and the config; a different plan starts over).
-``--shard i/N`` runs on N hosts at once into the same folder: host i takes the units and
-shards ``= i (mod N)``, waits for the others between the steps, and host 0 publishes.
+``--shard i/N`` runs on N hosts at once into the same folder: host 0 creates (or resumes) the
+work folder and the others wait for its ``plan.json``; host i takes the units and shards
+``= i (mod N)``, waits for the others between the steps, and host 0 publishes. A host that fails
+writes ``hosts/failed-i.json`` (its error, its time) and the hosts waiting for it stop with that
+error; a failure older than a host's own start is an earlier attempt's, which that host's rerun
+replaces, so the whole set of hosts can simply be launched again.
 """
 
 from __future__ import annotations
@@ -217,9 +221,32 @@ def _run(fn: Callable, jobs: list[tuple], workers: int, what: str, log) -> None:
       log(f"{what} {i}/{len(jobs)}")
 
 
-def _wait(ready: Callable[[], bool], what: str, poll: float, log) -> None:
+class HostFailed(sources.DataError):
+  """Another host of a ``--shard i/N`` preparation failed; this one stops waiting for it."""
+
+
+def _failed(work, host: int):
+  return work / "hosts" / f"failed-{host:05d}.json"
+
+
+def _check_hosts(work, since: float) -> None:
+  """Raise the error of a host that failed after ``since`` (this host's start): an older failure
+  belongs to an earlier attempt, and that host's rerun replaces it."""
+  for path in sorted((work / "hosts").glob("failed-*.json")):
+    try:
+      failure = json.loads(path.read_text())
+    except (OSError, ValueError):  # removed by its host's rerun meanwhile
+      continue
+    if failure["time"] >= since:
+      raise HostFailed(f"host {failure['host']} failed: {failure['error']}")
+
+
+def _wait(ready: Callable[[], bool], what: str, poll: float, log,
+          work=None, since: float = 0.0) -> None:
   told = False
   while not ready():
+    if work is not None:
+      _check_hosts(work, since)
     if not told:
       log(f"waiting for the other hosts: {what}")
       told = True
@@ -227,16 +254,17 @@ def _wait(ready: Callable[[], bool], what: str, poll: float, log) -> None:
 
 
 def _claim(work, out, plan: dict, primary: bool, poll: float, log) -> None:
-  """Create the work folder with ``plan.json``, or resume the one there with the same plan."""
+  """Create the work folder with ``plan.json``, or resume the one there with the same plan.
+  Only host 0 creates (or starts over); the other hosts wait for its ``plan.json``."""
   path = work / PLAN
+  same = lambda: storage.exists(path) and json.loads(path.read_text()) == plan
+  if same():
+    log(f"resuming the preparation in {work}")
+    return
+  if not primary:
+    _wait(same, "host 0 to start the preparation", poll, log)
+    return
   if storage.exists(path):
-    if json.loads(path.read_text()) == plan:
-      log(f"resuming the preparation in {work}")
-      return
-    if not primary:  # host 0 starts over; wait until it has
-      _wait(lambda: storage.exists(path) and json.loads(path.read_text()) == plan,
-            "host 0 to start the preparation", poll, log)
-      return
     log(f"{work} holds an unfinished preparation of other inputs or settings; starting over")
     storage.rmtree(work)
   elif storage.is_url(out) and storage.exists(out):
@@ -262,19 +290,30 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = 
   primary = host == 0
   plan = make_plan(cfg, num_shards, unit_bytes)
   work = out if remote else out.parent / f".{out.name}.partial"
+  since = time.time()
   _claim(work, out, plan, primary, poll, log)
+  if hosts > 1:
+    _failed(work, host).unlink(missing_ok=True)  # this host's earlier failure: this is its rerun
   try:
     if steps is not None:
       finish(cfg, plan, work, steps(cfg, plan, work, log))
       return publish(out, work)
-    return _prepare(cfg, plan, out, work, workers, host, hosts, poll, log)
-  except sources.DataError:
-    if hosts == 1:  # the input must change, and with it the plan: nothing to resume
-      storage.rmtree(work)
+    return _prepare(cfg, plan, out, work, workers, host, hosts, poll, log, since)
+  except HostFailed:
+    raise
+  except Exception as e:
+    if hosts == 1:
+      if isinstance(e, sources.DataError):  # the input must change, and with it the plan
+        storage.rmtree(work)
+    else:  # the other hosts stop waiting for this one (the folder stays, to resume)
+      error = str(e) if isinstance(e, sources.DataError) else f"{type(e).__name__}: {e}"
+      (work / "hosts").mkdir(parents=True, exist_ok=True)
+      storage.write_text(_failed(work, host), json.dumps(
+          {"host": host, "time": time.time(), "error": error}))
     raise
 
 
-def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
+def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log, since) -> Path:
   num_units = len(plan["units"])
   mine = [u for u in range(host, num_units, hosts)]
   names = {split: [shard_name(split, k, n) for k in range(n)]
@@ -286,7 +325,7 @@ def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
     log(f"{num_units} input units, {len(todo)} to read here with {workers} worker(s)")
     _run(unit_job, [(str(work), cfg, plan, u) for u in todo], workers, "units read", log)
     _wait(lambda: all(storage.exists(_marker(work, u)) for u in range(num_units)),
-          "reading their units", poll, log)
+          "reading their units", poll, log, work, since)
     summaries = [json.loads(_marker(work, u).read_text()) for u in range(num_units)]
     jobs = []
     for split in SPLITS:
@@ -298,7 +337,7 @@ def _prepare(cfg, plan, out, work, workers, host, hosts, poll, log) -> Path:
     _run(shard_job, jobs, workers, "shards written", log)
   if host != 0:
     return out
-  _wait(shards_done, "writing their shards", poll, log)
+  _wait(shards_done, "writing their shards", poll, log, work, since)
   return _publish(cfg, plan, out, work)
 
 
@@ -316,6 +355,8 @@ def unit_stats(work, plan: dict) -> dict:
 
 
 def _publish(cfg: DataConfig, plan: dict, out, work):
+  if storage.exists(work / "hosts"):
+    storage.rmtree(work / "hosts")  # the earlier failures of hosts that have since rerun
   if storage.exists(work / "units"):
     finish(cfg, plan, work, unit_stats(work, plan))
     storage.rmtree(work / "units")  # the parts: as large as the output
