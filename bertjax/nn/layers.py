@@ -45,10 +45,10 @@ def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   64 bits drawn from ``key``: two keyed MurmurHash3 finalizer rounds.
 
   For dropout masks, not for cryptography: it is elementwise integer arithmetic that XLA fuses
-  into the op that uses it, ~5x cheaper than ``jax.random.bits`` (threefry) on CPU, where the
-  threefry draws were 11% of the BERT-base training step; it partitions like any elementwise op
-  under ``jax.sharding``. Indices are (leading dims flattened, last dim), so an array may have
-  up to 2**32 rows of 2**32 elements before a pattern repeats."""
+  into the op that uses it, ~10x cheaper than threefry ``jax.random.bernoulli`` on CPU (27 vs
+  257 ms for 18.9 M elements), where threefry masks cost BERT-base's step 11-18%; it partitions
+  like any elementwise op under ``jax.sharding``. Indices are (leading dims flattened, last
+  dim), so an array may have up to 2**32 rows of 2**32 elements before a pattern repeats."""
   k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
   rank = len(shape)
   if rank == 0:
