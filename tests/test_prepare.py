@@ -232,7 +232,7 @@ def test_a_failing_host_stops_the_others_and_all_rerun(corpus, tmp_path, monkeyp
   real_job, flaky = prep.unit_job, [True]
 
   def fails_once_on_unit_1(work, cfg, plan, u):
-    if u == 1 and flaky.pop() if flaky else False:
+    if u == 1 and flaky and flaky.pop():
       raise OSError("connection reset")
     return real_job(work, cfg, plan, u)
 
