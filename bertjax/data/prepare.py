@@ -31,9 +31,9 @@ Interrupted, the same command resumes: finished units and shards are kept (the w
 ``--shard i/N`` runs on N hosts at once into the same folder: host 0 creates (or resumes) the
 work folder and the others wait for its ``plan.json``; host i takes the units and shards
 ``= i (mod N)``, waits for the others between the steps, and host 0 publishes. A host that fails
-writes ``hosts/failed-i.json`` (its error, its time) and the hosts waiting for it stop with that
-error; a failure older than a host's own start is an earlier attempt's, which that host's rerun
-replaces, so the whole set of hosts can simply be launched again.
+writes ``hosts/failed-NNNNN.json`` (its error, its time) and the hosts waiting for it stop with
+that error; a failure older than a host's own start is an earlier attempt's, which that host's
+rerun replaces, so the whole set of hosts can simply be launched again.
 """
 
 from __future__ import annotations
