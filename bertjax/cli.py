@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -97,7 +98,9 @@ def _pretrain(args) -> None:
   ev = result["eval"]
   summary = {"held_out_mlm_accuracy": round(ev["mlm_accuracy"], 4),
              "unigram_baseline_accuracy": round(result["unigram_baseline_accuracy"], 4),
-             "held_out_mlm_loss": round(ev["mlm_loss"], 4), "steps": result["step"],
+             "held_out_mlm_loss": round(ev["mlm_loss"], 4),
+             "unigram_baseline_loss": round(result["unigram_baseline_loss"], 4),
+             "steps": result["step"],
              "checkpoint": result["checkpoint"], "model": result["model"]}
   if "nsp_accuracy" in ev:
     summary["held_out_nsp_accuracy"] = round(ev["nsp_accuracy"], 4)
@@ -352,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
       full = _disk_full(e)
       if full is None:
         raise
-      return _fail(args.command, f"no space left on device ({full}); free some space and "
-                                 "run the same command again")
+      return _fail(args.command, f"no space left on device writing {full}; free some space "
+                                 "and run the same command again (finished checkpoints are "
+                                 "intact)")
   return code
 
 
@@ -381,8 +385,9 @@ def _disk_full(e: BaseException | None) -> str | None:
     seen.add(id(e))
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
       return str(e.filename or e.strerror)
-    if "No space left on device" in str(e):
-      return str(e).splitlines()[0]
+    if "No space left on device" in str(e):  # tensorstore / Orbax: the file in quotes
+      quoted = re.findall(r'"(/[^"]+)"', str(e))
+      return quoted[-1] if quoted else str(e).splitlines()[0][:200]
     e = e.__cause__ or e.__context__
   return None
 

@@ -18,3 +18,7 @@ class RunDirError(UserError):
 
 class NonFiniteError(UserError):
   """Training produced a non-finite loss or gradient (train.on_nonfinite)."""
+
+
+class DiskFullError(UserError):
+  """A run folder's disk cannot hold the next write (a checkpoint); nothing earlier is lost."""

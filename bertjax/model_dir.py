@@ -103,11 +103,17 @@ def load_model_dir(path: str | Path, *, mesh=None,
     cfg = dataclasses.replace(cfg, **overrides)
   make = lambda: Model(cfg, rngs=nnx.Rngs(0))
   if mesh is not None or sharding.active_mesh() is not None:
+    tokenizer = read_tokenizer(path)
+    if tokenizer is not None:
+      check_vocab(cfg.vocab_size, tokenizer.vocab_size, f"model folder {path}")
     graphdef, abstract = sharding.abstract_model(make, mesh)
-    return nnx.merge(graphdef, restore_params(path, abstract)), read_tokenizer(path)
+    return nnx.merge(graphdef, restore_params(path, abstract)), tokenizer
+  tokenizer = read_tokenizer(path)
+  if tokenizer is not None:
+    check_vocab(cfg.vocab_size, tokenizer.vocab_size, f"model folder {path}")
   model = make()
   assign_flat_params(model, read_model_params(path))
-  return model, read_tokenizer(path)
+  return model, tokenizer
 
 
 def restore_params(path: str | Path, abstract_state, *, only: set[str] | None = None):
@@ -184,4 +190,12 @@ def _unreadable(path: Path, e: Exception) -> ConfigError:
 def read_tokenizer(path: str | Path) -> Tokenizer | None:
   tok_dir = resolve_model_dir(path) / "tokenizer"
   return Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
+
+
+def check_vocab(model_vocab: int, token_ids: int, what: str, fix: str = "") -> None:
+  """A model whose embedding table has fewer rows than the ids it will be fed: a gather clamps
+  the extra ids onto the last row and the model trains or answers on garbage -- refuse it."""
+  if model_vocab < token_ids:
+    raise ConfigError(f"{what}: the tokenizer has {token_ids} ids but the model's vocabulary "
+                      f"(model.vocab_size) has {model_vocab}" + (f"; {fix}" if fix else ""))
 

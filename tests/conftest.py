@@ -14,8 +14,13 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 8)
 _cache = Path(os.environ.get("BERTJAX_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+# through the environment, so the CLI runs the tests start as subprocesses share the device
+# count and the persistent compilation cache (a program compiled once is read back by all)
+os.environ.update(JAX_NUM_CPU_DEVICES="8", JAX_COMPILATION_CACHE_DIR=str(_cache / "jax"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_compilation_cache_dir", str(_cache / "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -47,6 +47,13 @@ def world(tmp_path_factory):
   save_model_dir(root / "clf", Model(model_config(
       {**tiny, "heads": ["classifier"], "labels": ["neg", "pos"]}), rngs=nnx.Rngs(0)), tok)
   save_hf(Model(model_config({**tiny, "heads": ["mlm"]}), rngs=nnx.Rngs(0)), root / "hf")
+  # a model folder whose embedding table is smaller than its tokenizer (ids would be clamped)
+  save_model_dir(root / "smallvocab", Model(model_config({**tiny, "vocab_size": 100,
+                                                          "heads": ["mlm"]}), rngs=nnx.Rngs(0)),
+                 tok)
+  shutil.copytree(root / "hf", root / "layers")  # weights of 2 layers, a config.json of 1
+  hf_config = json.loads((root / "hf" / "config.json").read_text())
+  (root / "layers" / "config.json").write_text(json.dumps({**hf_config, "num_hidden_layers": 1}))
   texts = {
       "train.jsonl": ('{"text": "a good film", "label": "fresh"}\n'
                       '{"text": "bad", "label": "rotten"}\n'),
@@ -156,6 +163,23 @@ CASES = [
      "generator_width_fraction", "run-new"),
     ("pretrain-distill-no-teacher", lambda w: pretrain_args(w, "objective=distill", run="run-new"),
      "distill.teacher", "run-new"),
+    # a vocabulary smaller than the tokenizer's ids, from every start
+    ("pretrain-vocab-too-small", lambda w: pretrain_args(w, "model.vocab_size=1000",
+                                                         run="run-new"),
+     "8192 ids but the model's vocabulary (model.vocab_size) has 1000", "run-new"),
+    ("pretrain-init-from-vocab", lambda w: pretrain_args(w, f"train.init_from={w / 'smallvocab'}",
+                                                         run="run-new"),
+     "has a vocabulary of 100 ids, this run's tokenizer 8192", "run-new"),
+    ("pretrain-teacher-vocab", lambda w: pretrain_args(
+        w, "objective=distill", f"distill.teacher={w / 'smallvocab'}", "distill.layers=[0]",
+        run="run-new"), "8192 ids but the model's vocabulary (model.vocab_size) has 100",
+     "run-new"),
+    ("finetune-init-from-vocab", lambda w: finetune_args(w, f"init_from={w / 'smallvocab'}"),
+     "8192 ids but the model's vocabulary (model.vocab_size) has 100", "ft-run"),
+    ("embed-vocab", lambda w: ["embed", str(w / "smallvocab"), "hello"],
+     "8192 ids but the model's vocabulary (model.vocab_size) has 100", "smallvocab"),
+    ("fill-mask-vocab", lambda w: ["fill-mask", str(w / "smallvocab"), "a [MASK] b"],
+     "8192 ids but the model's vocabulary (model.vocab_size) has 100", "smallvocab"),
     ("pretrain-run-dir-under-file", lambda w: pretrain_args(w, run="afile/run"), "afile",
      "afile"),
     # prepare-data
@@ -221,6 +245,8 @@ CASES = [
      "config.json", "imp"),
     ("import-dst-exists", lambda w: ["import-hf", str(w / "hf"), str(w / "out-exists")],
      "already exists", "out-exists"),
+    ("import-weights-vs-config", lambda w: ["import-hf", str(w / "layers"), str(w / "imp")],
+     "the weights hold 2 layers, config.json says 1; unexpected keys: ", "imp"),
     ("export-not-a-model", lambda w: ["export-hf", str(w / "notamodel"), str(w / "exp")],
      "notamodel", "exp"),
     ("export-damaged-params", lambda w: ["export-hf", str(w / "damaged"), str(w / "exp")],
@@ -259,7 +285,9 @@ CASES = [
                                           str(w / "tok")], "nope.txt", "tok"),
     ("tokenizer-out-is-file", lambda w: ["train-tokenizer", str(w / "corpus.txt"), "--out",
                                          str(w / "afile")], "afile", "afile"),
-]
+] + [(f"tokenizer-empty-{kind}", lambda w, kind=kind: [
+    "train-tokenizer", str(w / "empty.txt"), "--out", str(w / "tok"), "--kind", kind],
+    "empty.txt holds no text", "tok") for kind in ("wordpiece", "bpe", "sentencepiece")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -278,6 +306,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, world, capsys):
   assert len(errors) == 1, err
   assert errors[0].startswith(f"bertjax {argv[0]}: error: "), errors
   assert culprit in errors[0], errors[0]
+  assert len(errors[0]) <= 400, errors[0]  # says what is wrong, not everything it saw
   after = snapshot(watched) if watched.is_dir() else watched.read_bytes() \
       if watched.exists() else None
   assert after == before, f"{watched} changed"

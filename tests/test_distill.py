@@ -1,9 +1,12 @@
 """DistilBERT: the student starts from the chosen teacher layers, the loss components equal a
 hand computation, and distillation from a real imported BERT teacher runs in the engine."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import transformers as T
 from flax import nnx
 
@@ -16,7 +19,13 @@ from bertjax.params import assign_flat_params, flat_params
 from bertjax.train.pretrain import pretrain
 
 from hf_oracle import hf_model
-from pretrain_helpers import small_corpus, train_losses
+from pretrain_helpers import small_corpus
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  """A tiny random BERT teacher with an MLM head, imported once for the module."""
+  return teacher_folder(tmp_path_factory.mktemp("teacher"))
 
 
 def teacher_folder(tmp_path):
@@ -27,8 +36,8 @@ def teacher_folder(tmp_path):
   return tmp_path / "teacher"
 
 
-def test_student_init_takes_the_selected_teacher_layers(tmp_path):
-  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+def test_student_init_takes_the_selected_teacher_layers(teacher):
+  teacher, _ = load_model_dir(teacher)
   cfg = student_config(teacher.config, (0, 3))
   assert (cfg.family, cfg.num_layers, cfg.type_vocab_size, cfg.pooler) == ("distilbert", 2, 0, False)
   student = Model(cfg, rngs=nnx.Rngs(1))
@@ -43,8 +52,8 @@ def test_student_init_takes_the_selected_teacher_layers(tmp_path):
   assert "encoder.embeddings.token_type.embedding" not in s
 
 
-def test_loss_components_match_a_hand_computation(tmp_path):
-  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+def test_loss_components_match_a_hand_computation(teacher):
+  teacher, _ = load_model_dir(teacher)
   student = Model(student_config(teacher.config, (1, 2)), rngs=nnx.Rngs(2))
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 80, (2, 10)).astype(np.int32)
@@ -82,12 +91,12 @@ def test_loss_components_match_a_hand_computation(tmp_path):
   assert abs(float(loss) - (5 * ce + 2 * mlm + 1 * cos)) <= 1e-4
 
 
-def test_distillation_is_the_same_with_scanned_layers(tmp_path):
+def test_distillation_is_the_same_with_scanned_layers(teacher):
   """The teacher and the student scanned (model.scan_layers) give the unrolled loss and
   gradients: the layer pick is by parameter name, and names do not change under scan."""
   import dataclasses
 
-  teacher, _ = load_model_dir(teacher_folder(tmp_path))
+  teacher, _ = load_model_dir(teacher)
   student = Model(student_config(teacher.config, (1, 3)), rngs=nnx.Rngs(2))
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 80, (2, 10)).astype(np.int32)
@@ -126,8 +135,11 @@ def test_distillation_from_a_real_bert_teacher(tmp_path):
       "optim.warmup_steps=2", "optim.learning_rate=1e-3", "checkpoint.every=1000",
       "train.peak_flops_per_device=1e9"])
   result = pretrain(cfg, quiet=True)
-  losses = train_losses(tmp_path / "run")
-  assert np.mean([losses[s] for s in (18, 19, 20)]) < np.mean([losses[s] for s in (1, 2, 3)])
+  # the student's distribution approaches the teacher's: the distillation KL (x T^2) on
+  # held-out text ends at under a third of the first step's (measured: 2.36 -> 0.58)
+  first = next(json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+  assert first["step"] == 1 and result["eval"]["ce_loss"] < first["ce_loss"] / 3, (
+      first["ce_loss"], result["eval"])
   assert {"ce_loss", "cos_loss", "mlm_loss"} <= set(result["eval"])
   student, _ = load_model_dir(tmp_path / "run")
   assert student.config.family == "distilbert" and student.config.num_layers == 1

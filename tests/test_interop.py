@@ -11,9 +11,13 @@ import torch
 import transformers as T
 from safetensors.numpy import load_file, save_file
 
+from flax import nnx
+
 from bertjax import cli
-from bertjax.model_dir import load_model_dir
 from bertjax.interop.hf import HFImportError, load_hf
+from bertjax.model_dir import load_model_dir
+from bertjax.models import Model
+from bertjax.params import assign_flat_params
 
 from hf_oracle import hf_model, max_diff, run_hf
 
@@ -71,8 +75,19 @@ def test_legacy_names_no_prefix_optimizer_slots_and_pytorch_bin(bert_folder, tmp
   torch.save({k: torch.tensor(v) for k, v in legacy.items()}, out / "pytorch_model.bin")
   cfg, params = load_hf(out)
   assert cfg.heads == ("mlm", "nsp") and cfg.tie_word_embeddings
-  ref, _ = load_hf(path)
+  ref, ref_params = load_hf(path)
   assert cfg == ref
+  assert params.keys() == ref_params.keys()
+  assert all(np.array_equal(params[k], ref_params[k]) for k in params)  # gamma/beta mapped
+  ours = assign_flat_params(Model(cfg, rngs=nnx.Rngs(0)), params)
+  ids = np.random.default_rng(0).integers(5, 50, (2, 9))
+  mask = np.ones_like(ids)
+  mask[1, 6:] = 0
+  got, want = ours(ids, padding_mask=mask.astype(bool)), run_hf(hf, ids, mask)
+  keep = mask.astype(bool)
+  assert max_diff(got.last_hidden_state[keep], want.hidden_states[-1].numpy()[keep]) <= 1e-5
+  assert max_diff(got.mlm_logits[keep], want.prediction_logits.numpy()[keep]) <= 1e-5
+  assert max_diff(got.seq_relationship_logits, want.seq_relationship_logits.numpy()) <= 1e-5
 
 
 def test_cli_errors_are_one_line_and_leave_destination_alone(bert_folder, tmp_path, capsys):

@@ -1,13 +1,20 @@
 """StableAdamW equals AdamW while its update clipping is inactive and clips exactly by
 1 / max(1, RMS(g^2 / v)) when active; the warmup-stable-decay schedule has the right shape."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from bertjax.config import OptimConfig
+from bertjax.models import Model
+from bertjax.objectives import MlmObjective
+from bertjax.train.step import init_state, make_train_step
+from test_step import batch, tiny
 from bertjax.train.optim import make_optimizer, schedule, stable_adamw, warmup_stable_decay
 
 
@@ -83,3 +90,42 @@ def test_stable_adamw_from_config_skips_decay_on_biases():
   updates, _ = tx.update(zero, tx.init(p), p)
   assert float(jnp.abs(updates["dense"]["bias"]).max()) == 0.0
   assert float(updates["dense"]["kernel"][0, 0]) == pytest.approx(-1e-3 * 0.5 / 1e-3)
+
+
+@pytest.mark.parametrize("cfg", [
+    OptimConfig(learning_rate=1e-3, warmup_steps=10),
+    OptimConfig(learning_rate=1e-3, warmup_steps=0),
+    OptimConfig(learning_rate=1e-3, warmup_fraction=0.1),
+    OptimConfig(learning_rate=1e-3, warmup_steps=5, schedule="constant")])
+def test_schedules_equal_optax_and_take_a_traced_length(cfg):
+  """linear / constant: warmup then optax.linear_schedule; the same values when the total
+  step count is a traced scalar (one compiled step serves runs of any length)."""
+  traced = jax.jit(lambda step, total: schedule(cfg, total)(step))
+  for total in (40, 100):
+    warm = cfg.warmup_steps if cfg.warmup_fraction is None else round(cfg.warmup_fraction * total)
+    after = (optax.constant_schedule(cfg.learning_rate) if cfg.schedule == "constant" else
+             optax.linear_schedule(cfg.learning_rate, 0.0, max(total - warm, 1)))
+    ref = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, max(warm, 1)), after],
+                               [warm])
+    for step in range(total + 1):
+      want = float(ref(step))
+      assert float(schedule(cfg, total)(step)) == pytest.approx(want, rel=1e-6, abs=1e-12)
+      assert float(traced(step, total)) == pytest.approx(want, rel=1e-6, abs=1e-12)
+  assert traced._cache_size() == 1  # one program for both lengths
+
+
+def test_the_step_reads_the_run_length_from_its_state():
+  """Two engines for runs of 10 and 1000 steps: one compiled program (same HLO); after one
+  step each has applied its own learning rate (warmup over a tenth of the run)."""
+  cfg = OptimConfig(learning_rate=1e-2, warmup_fraction=0.1)
+  graphdef, params = nnx.split(Model(tiny(), rngs=nnx.Rngs(0)))
+  tx = functools.partial(make_optimizer, cfg)
+  step = jax.jit(make_train_step(graphdef, MlmObjective(), tx,
+                                 lr_schedule=lambda s, t: schedule(cfg, t)(s + 1)))
+  lrs = {}
+  for total in (10, 1000):
+    state = init_state(graphdef, params, tx, 0, total_steps=total)
+    _, metrics = step(state, batch())
+    lrs[total] = float(metrics["learning_rate"])
+  assert step._cache_size() == 1
+  assert lrs[10] == pytest.approx(1e-2) and lrs[1000] == pytest.approx(1e-2 / 100)

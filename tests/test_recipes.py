@@ -1,5 +1,5 @@
-"""Family recipes held to their original code (within 3 sigma), and every family preset trains
-on the shipped corpus in the one engine with a falling loss."""
+"""Family recipes held to their original code (within 3 sigma), and every family preset learns
+context in the one engine (held-out MLM loss below the token-frequency baseline)."""
 
 import math
 
@@ -12,7 +12,7 @@ from bertjax.data.masking import (MaskingSpec, SpanSpec, _select_ngrams, ngram_p
                                   span_lengths_distribution, span_mask_instance)
 from bertjax.train.pretrain import pretrain
 
-from pretrain_helpers import small_corpus, train_losses
+from pretrain_helpers import patterned_corpus, small_corpus, train_losses
 from test_masking import sigma3
 
 MASK = 4
@@ -101,20 +101,23 @@ FAMILY_PRESETS = ["bert-demo", "roberta-tiny", "albert-tiny", "spanbert-tiny", "
 
 
 @pytest.mark.parametrize("preset", FAMILY_PRESETS)
-def test_family_preset_trains_on_the_shipped_corpus(preset, tmp_path):
-  corpus = small_corpus(tmp_path / "books.txt", paragraphs=300)
+def test_family_preset_learns_context_on_the_shipped_engine(preset, tmp_path_factory):
+  """Each preset's recipe (objective, heads, optimizer) in the one engine, on text where the
+  context decides every word: after 60 steps its held-out MLM loss is well below the loss of
+  a model that knows only the token frequencies (so it learned from the context)."""
+  tmp_path = tmp_path_factory.mktemp(preset)
+  corpus = patterned_corpus(tmp_path_factory.getbasetemp() / "pattern.txt")
   cfg = experiment_config(preset, [
       f"run_dir={tmp_path / 'run'}", f"data.source={corpus}", "data.max_seq_length=64",
-      "train.steps=30", "train.batch_size=16", "train.log_every=1", "train.eval_every=1000",
-      "train.eval_batches=1", "optim.warmup_steps=3", "optim.learning_rate=3e-3",
-      "checkpoint.every=1000", "train.peak_flops_per_device=1e9"]
+      "train.steps=60", "train.batch_size=16", "train.log_every=1", "train.eval_every=1000",
+      "train.eval_batches=4", "optim.warmup_steps=3", "checkpoint.every=1000",
+      "train.peak_flops_per_device=1e9",
+      # LAMB's trust ratio scales each update by the layer's norm: a larger rate for 60 steps
+      "optim.learning_rate=5e-2" if preset == "albert-tiny" else "optim.learning_rate=3e-3"]
       + (["optim.decay_steps=5"] if preset in ("modernbert-tiny", "eurobert-tiny") else []))
   result = pretrain(cfg, quiet=True)
-  losses = train_losses(tmp_path / "run")
-  first = np.mean([losses[s] for s in (1, 2, 3)])
-  last = np.mean([losses[s] for s in (28, 29, 30)])
-  assert last < first, (preset, first, last)
-  assert np.isfinite(result["eval"]["loss"])
+  assert result["eval"]["mlm_loss"] < result["unigram_baseline_loss"] - 0.2, (
+      preset, result["eval"]["mlm_loss"], result["unigram_baseline_loss"])
   if preset == "spanbert-tiny":  # the body (and MLM head) exports as a plain BERT
     import transformers as T
 

@@ -244,8 +244,40 @@ def test_the_step_saved_on_sigterm_has_its_row(corpus, tmp_path):
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
-  saved = json.loads(out.strip().splitlines()[-1])["step"]
+  result = json.loads(out.strip().splitlines()[-1])
+  saved = result["step"]
+  assert result["preempted"] and saved >= 3
   assert checkpoint_steps(run) == [saved]
   assert [r["step"] for r in rows(run)] == list(range(1, saved + 1))
   pretrain(config(run, corpus, f"train.steps={saved + 2}", "checkpoint.every=100000"), quiet=True)
   assert [r["step"] for r in rows(run)] == list(range(1, saved + 3))
+
+
+def test_a_full_disk_stops_before_the_save_and_keeps_the_checkpoints(corpus, tmp_path, capsys,
+                                                                      monkeypatch):
+  """Free space below the next checkpoint's size: one line naming the folder and the last good
+  step, exit 2, nothing half-written, the run folder released; the same command resumes."""
+  from bertjax import cli
+  from bertjax.train import checkpointer
+
+  run = tmp_path / "run"
+  args = ["pretrain", *overrides(run, corpus, "checkpoint.every=2", "checkpoint.keep=10",
+                                 "checkpoint.async_save=false")]
+  real = checkpointer.free_bytes
+  monkeypatch.setattr(checkpointer, "free_bytes",
+                      lambda p: real(p) if checkpoint_steps_or_none(run) != [2, 4] else 1000)
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("bertjax pretrain: error: ") and str(run / "checkpoints") in err
+  assert "no space left for checkpoint step 6" in err and "step 4, is intact" in err
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2", "4"]
+  assert not (run / "run.lock").exists()
+  monkeypatch.setattr(checkpointer, "free_bytes", real)
+  assert cli.main(args) == 0  # space freed: the same command resumes from step 4
+  capsys.readouterr()
+  assert [r["step"] for r in rows(run)] == list(range(1, 9))
+  assert checkpoint_steps(run) == [2, 4, 6, 8]
+
+
+def checkpoint_steps_or_none(run: Path):
+  return checkpoint_steps(run) if (run / "checkpoints").is_dir() else None

@@ -113,9 +113,14 @@ def test_odd_head_model_runs_sharded():
   cfg = tiny(hidden_size=36, num_heads=3, vocab_size=97)
   ids, mask = batch(cfg)
   mesh = sharding.make_mesh((2, 2, 2))
-  model, hidden, _ = sharded_forward(cfg, mesh, ids, mask)
-  ref = model(jnp.asarray(ids), padding_mask=jnp.asarray(mask)).last_hidden_state
-  assert np.max(np.abs(np.asarray(hidden) - np.asarray(ref))) <= 1e-5
+  model, hidden, logits = sharded_forward(cfg, mesh, ids, mask)
+  spec = flat_params(model)["encoder.layers.0.attention.query.kernel"].sharding.spec
+  assert spec == P("fsdp", None, None)  # 3 heads: the tensor axis cannot split them
+  single = Model(cfg, rngs=nnx.Rngs(1))  # one device, another init, the sharded model's values
+  assign_flat_params(single, {k: np.asarray(v) for k, v in flat_params(model).items()})
+  ref = single(jnp.asarray(ids), padding_mask=jnp.asarray(mask))
+  assert np.max(np.abs(np.asarray(hidden) - np.asarray(ref.last_hidden_state))) <= 1e-5
+  assert np.max(np.abs(np.asarray(logits) - np.asarray(head_output(ref)))) <= 1e-5
 
 
 def test_make_mesh_validates_shapes():

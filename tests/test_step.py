@@ -1,6 +1,8 @@
 """The jitted train step: gradient accumulation equals the full batch, the BERT weight-decay
 mask, bf16 compute with f32 parameters, and the warmup/decay schedule."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,6 +78,32 @@ def test_bf16_compute_keeps_f32_params():
   s16, m16 = run_step(tiny(dtype="bfloat16"), 1, b)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(s16.params))
   assert abs(float(m16["objective"]) - float(m32["objective"])) <= 0.05 * float(m32["objective"])
+  assert float(m16["objective"]) != float(m32["objective"])  # it did compute in another dtype
+  # the activations are bf16, and so is every matmul but the backward of the attention
+  # scores (accumulated in f32, preferred_element_type): their dq and dk take the f32 cotangent
+  model = Model(tiny(dtype="bfloat16"), rngs=nnx.Rngs(0))
+  out = model(jnp.asarray(b["input_ids"]), padding_mask=jnp.asarray(b["padding_mask"]),
+              output_hidden_states=True)
+  assert out.last_hidden_state.dtype == jnp.bfloat16
+  assert all(h.dtype == jnp.bfloat16 for h in out.hidden_states)
+  graphdef, params = nnx.split(model)
+  loss = lambda p: MlmObjective()(nnx.merge(graphdef, p), b, None,
+                                  MlmObjective().totals(b))[0]
+  dots = [e for e in _equations(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+          if e.primitive.name == "dot_general"]
+  wide = [e for e in dots if any(v.aval.dtype != jnp.bfloat16 for v in e.invars)]
+  assert len(dots) == 60 and len(wide) == 2 * tiny().num_layers, wide
+
+
+def _equations(jaxpr):
+  """Every equation of a jaxpr, inner jaxprs (jit, remat, custom_vjp, scan) included."""
+  for e in jaxpr.eqns:
+    yield e
+    for v in e.params.values():
+      for inner in (v if isinstance(v, (list, tuple)) else [v]):
+        inner = getattr(inner, "jaxpr", inner)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
 
 
 def test_schedule_warmup_then_linear_decay():
@@ -84,10 +112,32 @@ def test_schedule_warmup_then_linear_decay():
   assert abs(float(lr(60)) - 0.5) < 1e-6 and float(lr(110)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_lamb_and_clipping_are_wired():
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_optimizer_and_clipping_update_as_optax_does(name):
+  """One step's parameters equal optax's clip_by_global_norm + lamb / adamw (the BERT decay
+  mask) applied to the step's own gradients; clipping changes the update."""
   b = batch()
-  _, m = run_step(tiny(), 1, b, OptimConfig(name="lamb", learning_rate=1e-3, warmup_steps=0,
-                                               clip_norm=1e-3))
-  assert np.isfinite(float(m["objective"]))
-  tx = make_optimizer(OptimConfig(clip_norm=0.5), 10)
-  assert isinstance(tx, optax.GradientTransformation)
+  # eps near the clipped gradients' size: Adam's sign-like first step then feels the clip
+  opt = OptimConfig(name=name, learning_rate=1e-2, warmup_steps=0, clip_norm=0.5, eps=1e-4,
+                    schedule="constant", weight_decay=0.1)
+  graphdef, params = nnx.split(Model(tiny(), rngs=nnx.Rngs(0)))
+  obj = MlmObjective()
+  grads = jax.grad(lambda p: obj(nnx.merge(graphdef, p), b, None, obj.totals(b))[0])(params)
+  core = getattr(optax, name)(1e-2, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=0.1,
+                              mask=decay_mask)
+  want = {}
+  for clip in (0.5, None):
+    tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+    updates, _ = tx.update(grads, tx.init(params), params)
+    want[clip] = optax.apply_updates(params, updates)
+  state, m = run_step(tiny(), 1, b, opt)
+  assert float(m["grad_norm"]) > 1.0  # well above the clip norm: clipping is active
+  for got, ref in zip(jax.tree.leaves(state.params), jax.tree.leaves(want[0.5])):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-6)
+  unclipped, _ = run_step(tiny(), 1, b, dataclasses.replace(opt, clip_norm=None))
+  for got, ref in zip(jax.tree.leaves(unclipped.params), jax.tree.leaves(want[None])):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-6)
+  # clipping changes the update by far more than the tolerance
+  apart = max(float(np.abs(np.asarray(a) - np.asarray(c)).max())
+              for a, c in zip(jax.tree.leaves(want[0.5]), jax.tree.leaves(want[None])))
+  assert apart > 1e-4, apart

@@ -115,11 +115,6 @@ class OptimConfig:
     if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
       raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
 
-  def warmup(self, total_steps: int) -> int:
-    if self.warmup_fraction is not None:
-      return int(round(self.warmup_fraction * total_steps))
-    return self.warmup_steps
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:

@@ -23,8 +23,12 @@ def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: K
   """Train on ``files`` (UTF-8 text) and write the vocabulary files into ``out_dir``. Files are
   checked first and training writes into a temporary sibling: a failure leaves no folder."""
   files = [str(f) for f in files]
-  for f in files:
-    _check_text_file(Path(f))
+  if not files:
+    raise TokenizerError("no training files given")
+  with_text = [_check_text_file(Path(f)) for f in files]
+  if not any(with_text):
+    raise TokenizerError(f"training file {files[0]} holds no text" if len(files) == 1 else
+                         f"the training files ({', '.join(files)}) hold no text")
   if vocab_size < MIN_VOCAB:
     raise TokenizerError(f"--vocab-size {vocab_size} is too small (at least {MIN_VOCAB})")
   if kind not in ("wordpiece", "bpe", "sentencepiece"):
@@ -45,12 +49,13 @@ def train_tokenizer(files: Sequence[str | Path], out_dir: str | Path, *, kind: K
   return out
 
 
-def _check_text_file(path: Path) -> None:
-  """A training file must be UTF-8 text; a bad byte names file:line."""
+def _check_text_file(path: Path) -> bool:
+  """A training file must be UTF-8 text; a bad byte names file:line. -> whether it holds any
+  text (not only whitespace)."""
   if not path.is_file():
     raise TokenizerError(f"training file {path} does not exist")
   decoder = codecs.getincrementaldecoder("utf-8")()
-  line = 1
+  line, has_text = 1, False
   with open(path, "rb") as f:
     while chunk := f.read(1 << 20):
       try:
@@ -62,6 +67,8 @@ def _check_text_file(path: Path) -> None:
         line += text[:text.index("\x00")].count("\n")
         raise TokenizerError(f"{path}:{line}: a NUL byte -- this is not a text file")
       line += text.count("\n")
+      has_text = has_text or (bool(text) and not text.isspace())
+  return has_text
 
 
 def _train(files: list[str], out: Path, kind: Kind, vocab_size: int, lowercase: bool,

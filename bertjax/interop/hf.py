@@ -38,9 +38,18 @@ class HFImportError(UserError):
   """A checkpoint that does not match its config; the message lists the offending keys."""
 
 
-def _listing(keys: list[str], limit: int = 8) -> str:
+def _listing(keys: list[str], limit: int = 3) -> str:
   shown = ", ".join(keys[:limit])
   return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
+
+
+def _layer_count(keys) -> int | None:
+  """Layers the weights hold, from the ``layer.N.`` / ``layers.N.`` indices in their names."""
+  found = [int(m.group(1)) for k in keys if (m := _LAYER_INDEX.search(k))]
+  return max(found) + 1 if found else None
 
 
 def read_state_dict(src: Path) -> dict[str, np.ndarray]:
@@ -146,6 +155,7 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     raise HFImportError(f"{config_path}: {e}") from None
 
   table = adapter.weight_names(cfg)
+  weight_layers = _layer_count(state)
   shapes = flat_shapes(nnx.eval_shape(lambda: Model(cfg, rngs=nnx.Rngs(0))))
   params, missing, mismatched, used = {}, [], [], set()
   for ours, shape in shapes.items():
@@ -168,7 +178,11 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
   if mismatched:
     problems.append(f"shape mismatches: {_listing(mismatched)}")
   if problems:
-    raise HFImportError(f"{src} does not match its config.json ({cfg.family}): "
+    why = ""
+    if weight_layers is not None and cfg.num_layers != weight_layers:
+      why = (f"the weights hold {weight_layers} layers, config.json says "
+             f"{cfg.num_layers}; ")
+    raise HFImportError(f"{src} does not match its config.json ({cfg.family}): {why}"
                         + "; ".join(problems))
   return cfg, params
 

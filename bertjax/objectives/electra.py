@@ -37,25 +37,34 @@ class ElectraObjective:
     return {"mlm": jnp.maximum(batch["masked_weights"].sum(), 1.0),
             "rtd": jnp.maximum(batch["padding_mask"].sum().astype(jnp.float32), 1.0)}
 
-  def __call__(self, model, batch, dropout_key, totals):
+  def replace_tokens(self, model, batch, dropout_key):
+    """The generator's pass: -> (its logits at the masked positions, the discriminator's input
+    -- the batch with each masked position (weight > 0) replaced by a Gumbel-max sample of the
+    generator, no gradient through the sample -- and the replaced labels: 1 where that input
+    differs from the original token, 0 elsewhere, a sample equal to the original included)."""
     sample_key = (jax.random.PRNGKey(_EVAL_SAMPLING_KEY) if dropout_key is None
                   else jax.random.fold_in(dropout_key, 17))
-    k_gen, k_disc = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    k_gen = None if dropout_key is None else jax.random.split(dropout_key)[0]
+    labels, ok = batch["masked_ids"], batch["masked_weights"] > 0
+    gen_logits = model.generator_logits(batch["input_ids"], masked_positions=batch["masked_positions"],
+                                        dropout_key=k_gen, token_type_ids=batch["token_type_ids"],
+                                        padding_mask=batch["padding_mask"],
+                                        segment_ids=batch.get("segment_ids"))
+    logits = jax.lax.stop_gradient(gen_logits).astype(jnp.float32) / self.temperature
+    gumbel = jax.random.gumbel(sample_key, logits.shape, jnp.float32)
+    sampled = jnp.argmax(logits + gumbel, axis=-1).astype(batch["input_ids"].dtype)
+    disc_input = _scatter_rows(batch["input_ids"], batch["masked_positions"], sampled, ok)
+    original = _scatter_rows(batch["input_ids"], batch["masked_positions"], labels, ok)
+    return gen_logits, disc_input, (disc_input != original).astype(jnp.float32)
+
+  def __call__(self, model, batch, dropout_key, totals):
+    k_disc = None if dropout_key is None else jax.random.split(dropout_key)[1]
     common = dict(token_type_ids=batch["token_type_ids"], padding_mask=batch["padding_mask"],
                   segment_ids=batch.get("segment_ids"))
     w = batch["masked_weights"]
     labels = batch["masked_ids"]
-    gen_logits = model.generator_logits(batch["input_ids"], masked_positions=batch["masked_positions"],
-                                        dropout_key=k_gen, **common)
+    gen_logits, disc_input, replaced = self.replace_tokens(model, batch, dropout_key)
     gen_ce = cross_entropy(gen_logits, labels)
-    # Gumbel-max sampling from the generator, no gradient through the sample
-    logits = jax.lax.stop_gradient(gen_logits).astype(jnp.float32) / self.temperature
-    gumbel = jax.random.gumbel(sample_key, logits.shape, jnp.float32)
-    sampled = jnp.argmax(logits + gumbel, axis=-1).astype(batch["input_ids"].dtype)
-    ok = w > 0
-    disc_input = _scatter_rows(batch["input_ids"], batch["masked_positions"], sampled, ok)
-    replaced = (disc_input != _scatter_rows(batch["input_ids"], batch["masked_positions"], labels,
-                                            ok)).astype(jnp.float32)
     real = batch["padding_mask"].astype(jnp.float32)
     disc_logits = model(disc_input, dropout_key=k_disc, **common).rtd_logits.astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(disc_logits, replaced)

@@ -11,6 +11,7 @@ best model on the test split. Several seeds -> one sub-run each and the median i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -27,7 +28,7 @@ from bertjax import sharding, storage
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
 from bertjax.data.buckets import LengthGroupedSampler
 from bertjax.data.tokenizer import Tokenizer
-from bertjax.model_dir import load_model_dir, restore_params, save_model_dir
+from bertjax.model_dir import check_vocab, load_model_dir, restore_params, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
 from bertjax.params import leaf_name
@@ -105,9 +106,8 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   train_examples = read_split("train", cfg.task, cfg.data)
   labels = infer_labels(train_examples, cfg.task, cfg.data.labels)
   model_cfg = task_model_config(source_cfg, cfg, labels)
-  if model_cfg.vocab_size < tokenizer.vocab_size:
-    raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} ids, the model "
-                      f"{model_cfg.vocab_size}; set data.tokenizer to the model's tokenizer")
+  check_vocab(model_cfg.vocab_size, tokenizer.vocab_size, f"init_from={cfg.init_from}",
+              "set data.tokenizer to the model's tokenizer")
   check_labels(train_examples, cfg.task, labels, "train")
   train = encode(train_examples, "train", cfg, tokenizer, labels)
   dev = load_split("validation", cfg, tokenizer, labels) if split_source("validation", cfg.data) else None
@@ -145,8 +145,9 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
   steps_per_epoch = max(1, len(train) // tc.batch_size)
   steps = max(1, math.ceil(tc.epochs * steps_per_epoch))
   eval_every = tc.eval_every or steps_per_epoch
-  tx = make_optimizer(cfg.optim, steps, model_cfg.num_blocks)
-  lr = schedule(cfg.optim, steps)
+  # made for the traced total step count: every seed and run length shares one compile
+  tx = functools.partial(make_optimizer, cfg.optim, num_blocks=model_cfg.num_blocks)
+  lr = lambda step, total: schedule(cfg.optim, total)(step)
   best_file, model_dir = run_dir / "best.json", run_dir / "model"
   objective = TaskObjective(cfg.task)
   buckets, per_token = task_buckets(cfg, train.lengths), per_token_keys(cfg.task)
@@ -158,7 +159,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
                 label=f"finetune seed {seed}", stop_event=stop_event) as run:
     make = lambda: Model(model_cfg, rngs=nnx.Rngs(seed))
     graphdef, abstract_params = sharding.abstract_model(make)
-    engine = build_engine(graphdef, abstract_params, objective, tx, seed=seed,
+    engine = build_engine(graphdef, abstract_params, objective, tx, seed=seed, total_steps=steps,
                           example_batch=example, grad_accum_steps=tc.grad_accum_steps,
                           lr_schedule=lr, max_skips=tc.max_skips)
     predictor = Predictor(engine.graphdef, tc.eval_batch_size, example, buckets=buckets,

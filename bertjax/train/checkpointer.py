@@ -13,6 +13,7 @@ newest readable one, and moved aside once an older one has restored.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -22,9 +23,13 @@ import orbax.checkpoint as ocp
 
 from bertjax import storage
 from bertjax.config import CheckpointConfig
-from bertjax.errors import RunDirError
+from bertjax.errors import DiskFullError, RunDirError
 
 UNREADABLE = "unreadable-checkpoints"  # sibling of the checkpoints folder
+
+
+def free_bytes(path: Path) -> int:
+  return shutil.disk_usage(path).free
 
 
 class Checkpointer:
@@ -42,11 +47,37 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
+    if not self.manager.should_save(step) and not force:
+      return False
+    self.manager.wait_until_finished()  # the previous save's bytes are on disk: free is free
+    self._check_space(step, state)
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave({"step": step, "process_count": jax.process_count()})}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _check_space(self, step: int, state) -> None:
+    """Refuse a save that cannot fit on a local disk before writing a byte (a disk that fills
+    up inside Orbax's async writer fails in a background thread, after this step returned).
+    The need: the bytes this process writes (one replica of each shard it holds) + 5%."""
+    if storage.is_url(self.directory):
+      return
+    need = 1.05 * sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+                      if isinstance(leaf, jax.Array)
+                      for shard in leaf.addressable_shards if shard.replica_id == 0)
+    where = Path(self.directory)
+    while not where.exists():
+      where = where.parent
+    free = free_bytes(where)
+    if free < need:
+      latest = self.latest_step()
+      raise DiskFullError(
+          f"{self.directory}: no space left for checkpoint step {step} (it needs about "
+          f"{need / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB are free); "
+          + ("no checkpoint was written" if latest is None else
+             f"the last checkpoint, step {latest}, is intact")
+          + " -- free some space and run the same command again")
 
   def should_save(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0

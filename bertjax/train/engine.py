@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -25,7 +24,8 @@ from bertjax import sharding
 from bertjax.errors import NonFiniteError
 from bertjax.params import with_values
 from bertjax.train.run import Run
-from bertjax.train.step import TrainState, init_state, make_eval_step, make_train_step
+from bertjax.train.step import (Optimizer, TrainState, init_state, make_eval_step,
+                                make_train_step)
 
 
 @dataclasses.dataclass
@@ -39,8 +39,9 @@ class Engine:
   train_step: Callable  # jitted (state, batch) -> (state, metrics)
   eval_step: Callable  # jitted (params, batch, frozen) -> objective sums
   objective: Any
-  tx: optax.GradientTransformation
+  tx: Optimizer  # a transformation, or one made for the run's (traced) total step count
   seed: int
+  total_steps: int  # the run's length: state.total_steps, which the LR schedule reads
   max_skips: int = 0  # non-finite steps tolerated in a row (0: train.on_nonfinite=stop)
   state: TrainState | None = None
 
@@ -70,22 +71,30 @@ class Engine:
     state's shardings; ``values`` ({name: array}) replace the fresh parameters they name."""
     graphdef, tx, seed = self.graphdef, self.tx, self.seed
 
-    def fresh(values, frozen):
+    def fresh(values, frozen, total):
       params = nnx.split(make_model())[1]
       if values:
         params = with_values(params, values, strict=False, place=False)
-      return init_state(graphdef, params, tx, seed, frozen)
+      return init_state(graphdef, params, tx, seed, frozen, total)
 
-    self.state = jax.jit(fresh, out_shardings=self.state_sh)(values or {}, frozen)
+    self.state = jax.jit(fresh, out_shardings=self.state_sh)(values or {}, frozen,
+                                                             np.int32(self.total_steps))
 
   def init_from(self, params, frozen=None, *, donate: bool = True) -> None:
     """A state from parameters already laid out on the mesh (restored, or taken from a
     teacher); with ``donate`` their buffers become the state's (not when they alias
     ``frozen``'s, as a distillation student's taken from its teacher do)."""
     graphdef, tx, seed = self.graphdef, self.tx, self.seed
-    self.state = jax.jit(lambda p, f: init_state(graphdef, p, tx, seed, f),
+    self.state = jax.jit(lambda p, f, t: init_state(graphdef, p, tx, seed, f, t),
                          out_shardings=self.state_sh,
-                         donate_argnums=(0, 1) if donate else ())(params, frozen)
+                         donate_argnums=(0, 1) if donate else ())(params, frozen,
+                                                                  np.int32(self.total_steps))
+
+  def adopt(self, state: TrainState) -> None:
+    """A restored state, with this run's length (a resumed run may change ``train.steps``:
+    the compiled step reads it from the state)."""
+    total = jax.device_put(np.int32(self.total_steps), self.state_sh.total_steps)
+    self.state = state.replace(total_steps=total)
 
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.state.params)
@@ -116,9 +125,9 @@ def opt_state_shardings(abstract_opt, abstract_params, param_shardings, mesh):
   return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
-def build_engine(graphdef, abstract_params, objective, tx: optax.GradientTransformation, *,
-                 seed: int, example_batch: dict, grad_accum_steps: int = 1, lr_schedule=None,
-                 abstract_frozen=None, max_skips: int = 0) -> Engine:
+def build_engine(graphdef, abstract_params, objective, tx: Optimizer, *, seed: int,
+                 total_steps: int = 0, example_batch: dict, grad_accum_steps: int = 1,
+                 lr_schedule=None, abstract_frozen=None, max_skips: int = 0) -> Engine:
   """Plan the train state and jit the steps from shapes and the mesh alone -- nothing runs
   on a device, so this works on compile-only TPU meshes (``bertjax compile``).
 
@@ -128,14 +137,15 @@ def build_engine(graphdef, abstract_params, objective, tx: optax.GradientTransfo
   mesh, _ = sharding.layout()
   param_sh = sharding.shardings_of(abstract_params)
   frozen_sh = None if abstract_frozen is None else sharding.shardings_of(abstract_frozen)
-  abstract = jax.eval_shape(lambda p, f: init_state(graphdef, p, tx, seed, f), abstract_params,
-                            abstract_frozen)
+  abstract = jax.eval_shape(lambda p, f: init_state(graphdef, p, tx, seed, f, total_steps),
+                            abstract_params, abstract_frozen)
   replicated = NamedSharding(mesh, P())
   state_sh = TrainState(step=replicated, params=param_sh,
                         opt_state=opt_state_shardings(abstract.opt_state, abstract.params,
                                                       param_sh, mesh),
                         key=replicated, frozen=frozen_sh,
-                        guard=jax.tree.map(lambda _: replicated, abstract.guard))
+                        guard=jax.tree.map(lambda _: replicated, abstract.guard),
+                        total_steps=replicated)
   abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                           abstract, state_sh)
   batch_sh = {k: sharding.batch_sharding(mesh, ndim=len(v.shape)) for k, v in example_batch.items()}
@@ -146,7 +156,7 @@ def build_engine(graphdef, abstract_params, objective, tx: optax.GradientTransfo
   eval_step = jax.jit(make_eval_step(graphdef, objective),
                       in_shardings=(state_sh.params, batch_sh, frozen_sh))
   return Engine(mesh, graphdef, abstract, batch_sh, train_step, eval_step, objective, tx, seed,
-                max_skips)
+                total_steps, max_skips)
 
 
 def to_host(tree):

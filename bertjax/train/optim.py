@@ -15,35 +15,55 @@ from bertjax.config import OptimConfig
 NO_DECAY = ("bias", "scale")  # LayerNorm/RMSNorm scales and every bias (bert optimization.py)
 
 
-def warmup_stable_decay(peak: float, warmup_steps: int, total_steps: int, decay_steps: int,
+def warmup_stable_decay(peak: float, warmup_steps, total_steps, decay_steps: int,
                         final_fraction: float = 0.0, shape: str = "one_minus_sqrt") -> optax.Schedule:
   """Trapezoidal (WSD) schedule: linear warmup to ``peak``, flat, then over the last
   ``decay_steps`` down to ``final_fraction * peak`` -- linearly, or as ModernBERT's
-  ``1 - sqrt``: lr(t) = peak * (a + (1 - a) * (1 - sqrt((t - (T - T_d)) / T_d)))."""
-  decay_start = total_steps - decay_steps
+  ``1 - sqrt``: lr(t) = peak * (a + (1 - a) * (1 - sqrt((t - (T - T_d)) / T_d))).
+  ``warmup_steps`` and ``total_steps`` may be traced scalars."""
+  warmup = jnp.asarray(warmup_steps, jnp.float32)
+  decay_start = jnp.asarray(total_steps, jnp.float32) - decay_steps
 
   def lr(step):
     step = jnp.asarray(step, jnp.float32)
-    warm = peak * step / max(warmup_steps, 1)
+    warm = peak * step / jnp.maximum(warmup, 1.0)
     frac = jnp.clip((step - decay_start) / max(decay_steps, 1), 0.0, 1.0)
     fall = jnp.sqrt(frac) if shape == "one_minus_sqrt" else frac
     stable_or_decay = peak * (final_fraction + (1.0 - final_fraction) * (1.0 - fall))
-    return jnp.where(step < warmup_steps, warm, stable_or_decay)
+    return jnp.where(step < warmup, warm, stable_or_decay)
 
   return lr
 
 
-def schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-  warmup_steps = cfg.warmup(total_steps)
-  if cfg.schedule == "wsd":
-    return warmup_stable_decay(cfg.learning_rate, warmup_steps, total_steps, cfg.decay_steps,
-                               cfg.final_lr_fraction, cfg.decay_shape)
-  warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(warmup_steps, 1))
-  if cfg.schedule == "constant":
-    after = optax.constant_schedule(cfg.learning_rate)
+def _ramp(start: float, end: float, length) -> optax.Schedule:
+  """optax.linear_schedule with a possibly traced ``length`` (>= 1)."""
+  length = jnp.asarray(length, jnp.float32)
+  return lambda count: (start - end) * (1 - jnp.clip(count, 0, length) / length) + end
+
+
+def schedule(cfg: OptimConfig, total_steps) -> optax.Schedule:
+  """The learning rate at each step of a run of ``total_steps`` -- a Python int, or a traced
+  scalar: the train step reads it from its state, so a run compiles once whatever its length
+  (and ``train.steps`` changes on resume without a recompile)."""
+  total = jnp.asarray(total_steps, jnp.float32)
+  if cfg.warmup_fraction is not None:  # round half to even, as Python's round()
+    warmup_steps = jnp.round(jnp.float32(cfg.warmup_fraction) * total)
   else:
-    after = optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - warmup_steps, 1))
-  return optax.join_schedules([warmup, after], [warmup_steps])
+    warmup_steps = jnp.float32(cfg.warmup_steps)
+  if cfg.schedule == "wsd":
+    return warmup_stable_decay(cfg.learning_rate, warmup_steps, total, cfg.decay_steps,
+                               cfg.final_lr_fraction, cfg.decay_shape)
+  warmup = _ramp(0.0, cfg.learning_rate, jnp.maximum(warmup_steps, 1.0))
+  if cfg.schedule == "constant":
+    after = lambda count: jnp.full_like(count, cfg.learning_rate, jnp.float32)
+  else:
+    after = _ramp(cfg.learning_rate, 0.0, jnp.maximum(total - warmup_steps, 1.0))
+
+  def lr(step):
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.where(step < warmup_steps, warmup(step), after(step - warmup_steps))
+
+  return lr
 
 
 def layer_depth(path: tuple[str, ...], num_blocks: int) -> int:

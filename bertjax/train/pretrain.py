@@ -8,18 +8,21 @@ Orbax checkpoints, SIGTERM saves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import nnx
 
 from bertjax import sharding, storage
 from bertjax.config import ConfigError, ExperimentConfig, to_dict
 from bertjax.data.corpus import load_corpus
 from bertjax.data.pipeline import make_dataset, masking_spec
-from bertjax.model_dir import (read_model_config, read_param_shapes, resolve_model_dir,
-                               restore_params, save_model_dir)
+from bertjax.data.tokenizer import Tokenizer
+from bertjax.model_dir import (check_vocab, read_model_config, read_param_shapes,
+                               resolve_model_dir, restore_params, save_model_dir)
 from bertjax.models import Model
 from bertjax.objectives import check_objective, make_objective
 from bertjax.objectives.distill import student_config, student_from_teacher
@@ -38,7 +41,11 @@ RESUMABLE = ("name", "run_dir", "train.steps", "train.eval_every", "train.eval_b
 
 
 def _resolve_model(cfg: ExperimentConfig, tokenizer) -> ExperimentConfig:
-  """The tokenizer decides vocab and padding ids; the model must fit the sequence length."""
+  """The tokenizer decides vocab and padding ids (a model.vocab_size that is the family's
+  default or larger gives way to it; a smaller one is an error: its table could not hold the
+  ids); the model must fit the sequence length."""
+  check_vocab(cfg.model.vocab_size, tokenizer.vocab_size, f"data.tokenizer={cfg.data.tokenizer}",
+              f"set model.vocab_size={tokenizer.vocab_size} (the tokenizer's)")
   model = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,
                               pad_token_id=tokenizer.pad_id)
   need = cfg.data.max_seq_length + model.position_offset
@@ -62,6 +69,9 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     cfg = _distillation_config(cfg)
   corpus = load_corpus(cfg.data)
   cfg = _resolve_model(cfg, corpus.tokenizer)
+  # a prepared folder's ids come from its own tokenizer: they must fit the table too
+  check_vocab(cfg.model.vocab_size, len(corpus.unigram), f"data.source={cfg.data.source}",
+              "the data was tokenized with a larger vocabulary than data.tokenizer")
   check_objective(cfg)
   mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size)
   if cfg.train.init_from:
@@ -113,11 +123,13 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     final_eval = evaluate()
     _write_eval(run, result.step, final_eval)
     baseline = _unigram_baseline(eval_local, corpus.unigram_token)
+    baseline_loss = unigram_baseline_loss(eval_local, corpus.unigram)
     model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
                               corpus.tokenizer)
 
   return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
-          "unigram_baseline_accuracy": baseline, "checkpoint": checkpoints,
+          "unigram_baseline_accuracy": baseline, "unigram_baseline_loss": baseline_loss,
+          "checkpoint": checkpoints,
           "model": str(model_dir), "run_dir": str(run_dir)}
 
 
@@ -129,7 +141,7 @@ def _write_eval(run, step: int, metrics: dict) -> None:
 def _plan_engine(cfg: ExperimentConfig, example_batch: dict):
   """The engine for ``cfg`` on the active mesh, from shapes alone (``bertjax compile`` lowers
   exactly this): -> (engine, the teacher's (folder, abstract params) or None)."""
-  tx = make_optimizer(cfg.optim, cfg.train.steps)
+  tx = functools.partial(make_optimizer, cfg.optim)  # for the traced total step count
   make = lambda: Model(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
   graphdef, abstract_params = sharding.abstract_model(make)
   teacher_graphdef = abstract_teacher = None
@@ -138,9 +150,9 @@ def _plan_engine(cfg: ExperimentConfig, example_batch: dict):
     teacher_graphdef, abstract_teacher = sharding.abstract_model(
         lambda: Model(teacher_cfg, rngs=nnx.Rngs(0)))
   engine = build_engine(graphdef, abstract_params, make_objective(cfg, teacher_graphdef), tx,
-                        seed=cfg.train.seed, example_batch=example_batch,
-                        grad_accum_steps=cfg.train.grad_accum_steps,
-                        lr_schedule=schedule(cfg.optim, cfg.train.steps),
+                        seed=cfg.train.seed, total_steps=cfg.train.steps,
+                        example_batch=example_batch, grad_accum_steps=cfg.train.grad_accum_steps,
+                        lr_schedule=lambda step, total: schedule(cfg.optim, total)(step),
                         abstract_frozen=abstract_teacher, max_skips=cfg.train.max_skips)
   return engine, abstract_teacher
 
@@ -174,6 +186,8 @@ def _distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
     raise ConfigError(f"distill.layers={list(cfg.distill.layers)} must index the teacher's "
                       f"{teacher.num_layers} layers")
   tokenizer = resolve_model_dir(cfg.distill.teacher) / "tokenizer"
+  check_vocab(teacher.vocab_size, Tokenizer.from_dir(tokenizer).vocab_size,
+              f"distill.teacher={cfg.distill.teacher}")
   return dataclasses.replace(cfg, model=student_config(teacher, cfg.distill.layers),
                              data=dataclasses.replace(cfg.data, tokenizer=str(tokenizer)))
 
@@ -185,6 +199,10 @@ def _check_init_from(cfg: ExperimentConfig) -> None:
   if source.family != cfg.model.family:
     raise ConfigError(f"train.init_from={cfg.train.init_from} holds a {source.family} model, "
                       f"this run trains {cfg.model.family}")
+  if source.vocab_size != cfg.model.vocab_size:
+    raise ConfigError(f"train.init_from={cfg.train.init_from} has a vocabulary of "
+                      f"{source.vocab_size} ids, this run's tokenizer {cfg.model.vocab_size}; "
+                      f"set data.tokenizer={cfg.train.init_from}/tokenizer")
   ours = flat_shapes(nnx.eval_shape(lambda: Model(cfg.model, rngs=nnx.Rngs(0))))
   theirs = read_param_shapes(cfg.train.init_from)  # its metadata: readable, and these shapes
   differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
@@ -199,6 +217,15 @@ def _unigram_baseline(eval_local: list[dict], token: int) -> float:
   hits = sum(float(((b["masked_ids"] == token) * b["masked_weights"]).sum()) for b in eval_local)
   count = sum(float(b["masked_weights"].sum()) for b in eval_local)
   return hits / max(count, 1.0)
+
+
+def unigram_baseline_loss(eval_local: list[dict], unigram: np.ndarray) -> float:
+  """Held-out MLM loss (nats) of a model that knows only the training tokens' frequencies
+  (add-one smoothed): the loss a model that learns no context cannot go below."""
+  logp = np.log((unigram + 1.0) / (unigram.sum() + len(unigram)))
+  total = sum(float((-logp[b["masked_ids"]] * b["masked_weights"]).sum()) for b in eval_local)
+  count = sum(float(b["masked_weights"].sum()) for b in eval_local)
+  return total / max(count, 1.0)
 
 
 def _export_model(dst: Path, graphdef, params, tokenizer) -> Path:

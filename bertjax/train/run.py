@@ -73,7 +73,7 @@ class Run:
     ``metrics.jsonl`` and TensorBoard read as one run."""
     step, state = self.checkpointer.restore_latest(engine.abstract_state(), data_iterator)
     if state is not None:
-      engine.state = state
+      engine.adopt(state)
     self._start = step or 0
     drop_metrics_after(self.dir, self._start)
     return step

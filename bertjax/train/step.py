@@ -3,6 +3,11 @@
 The model lives as ``nnx.split`` state; the step merges it inside (Flax's functional NNX
 style), so jit sees plain pytrees with explicit shardings and the state buffers are donated.
 
+The learning-rate schedule reads the run's length from ``state.total_steps`` (a traced
+scalar): runs of any length share one compiled step, and a resumed run may change
+``train.steps`` without a recompile. ``tx`` is an optax transformation, or a function
+``total_steps -> transformation`` (``train.optim.make_optimizer`` with its config bound).
+
 A step whose loss or gradient norm is not finite leaves parameters and optimizer state as they
 were (a select on device, no host sync); ``state.guard`` counts such steps and halts all
 updates once more than ``max_skips`` came in a row. The host reads the guard with the deferred
@@ -11,7 +16,7 @@ metrics and ends the run; a halted state is never saved.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +32,25 @@ class TrainState:
   key: jax.Array  # uint32[2] base key; step keys are fold_in(key, step) -> resume-exact
   frozen: Any = None  # parameters used but never trained (a distillation teacher)
   guard: Any = None  # non-finite steps: {"skipped", "in_a_row", "last_bad", "halted"}
+  total_steps: Any = None  # int32 scalar: the run's length, read by the LR schedule
 
 
-def init_state(graphdef, params, tx: optax.GradientTransformation, seed: int,
-               frozen=None) -> TrainState:
+# an optax transformation, or one made for a run's (traced) total step count
+Optimizer = Union[optax.GradientTransformation, Callable[[Any], optax.GradientTransformation]]
+
+
+def optimizer_for(tx: Optimizer, total_steps) -> optax.GradientTransformation:
+  return tx if isinstance(tx, optax.GradientTransformation) else tx(total_steps)
+
+
+def init_state(graphdef, params, tx: Optimizer, seed: int, frozen=None,
+               total_steps: int = 0) -> TrainState:
   guard = {"skipped": jnp.zeros((), jnp.int32), "in_a_row": jnp.zeros((), jnp.int32),
            "last_bad": jnp.full((), -1, jnp.int32), "halted": jnp.zeros((), jnp.bool_)}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    key=jax.random.PRNGKey(seed), frozen=frozen, guard=guard)
+  total = jnp.asarray(total_steps, jnp.int32)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer_for(tx, total).init(params),
+                    key=jax.random.PRNGKey(seed), frozen=frozen, guard=guard, total_steps=total)
 
 
 def _guarded(state: TrainState, params, opt_state, finite: jax.Array, max_skips: int):
@@ -60,9 +76,9 @@ def _split_microbatches(batch, n: int):
   return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
-                    grad_accum_steps: int = 1, lr_schedule: Callable | None = None,
-                    max_skips: int = 0):
+def make_train_step(graphdef, objective, tx: Optimizer, grad_accum_steps: int = 1,
+                    lr_schedule: Callable | None = None, max_skips: int = 0):
+  """``lr_schedule(step, total_steps)``, if given, is reported as the metric ``learning_rate``."""
 
   def loss_fn(params, micro, key, totals, frozen):
     return _call(objective, nnx.merge(graphdef, params), micro, key, totals, frozen)
@@ -88,14 +104,15 @@ def make_train_step(graphdef, objective, tx: optax.GradientTransformation,
                                              key, totals, state.frozen))
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1], zeros[1]))
       (loss, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer_for(tx, state.total_steps).update(grads, state.opt_state,
+                                                                     state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     params, opt_state, guard = _guarded(state, params, opt_state,
                                         jnp.isfinite(loss) & jnp.isfinite(grad_norm), max_skips)
     metrics = dict(sums, objective=loss, grad_norm=grad_norm, guard=guard)
     if lr_schedule is not None:
-      metrics["learning_rate"] = lr_schedule(state.step)
+      metrics["learning_rate"] = lr_schedule(state.step, state.total_steps)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, guard=guard)
     return new, metrics
 
