@@ -147,7 +147,7 @@ def _prepare_data(args) -> None:
   cfg = experiment_config(preset, overrides).data
   if args.beam is None:
     out = prepare_data(cfg, args.out, args.shards, workers=args.workers, shard=args.shard,
-                       unit_bytes=args.unit_mb << 20)
+                       unit_bytes=args.unit_mb << 20, poll=args.poll_seconds)
   else:
     if args.workers != 1 or args.shard != (0, 1):
       raise UserError("prepare-data: --beam runs on the runner's workers; drop --workers and "
@@ -205,6 +205,16 @@ def _positive(text: str) -> int:
   value = int(text)
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return value
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
   return value
 
 
@@ -278,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                  help="processes on this machine (default 1)")
   s.add_argument("--shard", type=_host_shard, default=(0, 1), metavar="i/N",
                  help="this host's share when N hosts prepare into the same folder at once")
+  s.add_argument("--poll-seconds", type=_positive_float, default=5.0, metavar="S",
+                 help="with --shard: how often a host looks at the others' progress (5)")
   s.add_argument("--unit-mb", type=_positive, default=64,
                  help="MiB of a plain text file per work unit (default 64; part of the result)")
   s.add_argument("--beam", default=None, metavar="OPTIONS",

@@ -28,3 +28,25 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()  # grain's multiprocess prefetch reads absl flags (google/grain#1355)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def books(tmp_path_factory):
+  """The first 400 paragraphs of every shipped book (pretrain_helpers.small_corpus)."""
+  from pretrain_helpers import small_corpus
+
+  return small_corpus(tmp_path_factory.mktemp("books") / "books.txt")
+
+
+@pytest.fixture(scope="session")
+def straight_run(books, tmp_path_factory):
+  """The reference run, once per session: pretrain_helpers.config's 8 steps on ``books`` on
+  the default mesh (8-way data parallel) -> (run folder, summary). Read it, never write it."""
+  from bertjax.train.pretrain import pretrain
+  from pretrain_helpers import config
+
+  run = tmp_path_factory.mktemp("straight") / "run"
+  return run, pretrain(config(run, books), quiet=True)

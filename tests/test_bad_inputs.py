@@ -187,6 +187,9 @@ CASES = [
                                       str(w / "out-exists")], "already exists", "out-exists"),
     ("prepare-bad-key", lambda w: ["prepare-data", "data.sorce=x", "--out", str(w / "prep")],
      "data.sorce", "prep"),
+    ("prepare-poll-zero", lambda w: ["prepare-data", f"data.source={w / 'corpus.txt'}", "--out",
+                                     str(w / "prep"), "--poll-seconds", "0"], "--poll-seconds",
+     "prep"),
     ("prepare-missing-source", lambda w: ["prepare-data", f"data.source={w / 'nope.txt'}",
                                           "--out", str(w / "prep")], "nope.txt", "prep"),
     # finetune
@@ -352,3 +355,6 @@ def test_the_battery_covers_every_command():
                       "export-hf", "embed", "fill-mask", "train-tokenizer"}
   assert len(CASES) >= 40
   assert np.unique([c[0] for c in CASES]).size == len(CASES)
+  # the README's figure is this battery's, not a number from memory
+  readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+  assert f"runs {len(CASES)} such cases over {len(commands)} commands" in readme

@@ -59,7 +59,7 @@ def test_compile_pretraining_step(tmp_path, capsys, topology, slices, chip, hbm)
   # FSDP halves each weight matrix; Adam holds two slots per parameter
   assert per["optimizer_bytes"] == pytest.approx(2 * per["params_bytes"], rel=0.01)
   assert per["total_bytes"] >= per["params_bytes"] + per["optimizer_bytes"]
-  assert 0.8 < r["xla_over_analytic"] < 2.0  # small model: norms/softmax/optimizer add FLOPs
+  assert 0.9 < r["xla_over_analytic"] < 1.15, r["xla_over_analytic"]  # + norms, softmax, Adam
   assert 0 < r["roofline_mfu"] < 1
   assert "fits" in text.out and f"{slices} x {topology}" in text.out
 
@@ -86,7 +86,7 @@ def test_splash_is_the_real_kernel_on_tpu(tmp_path, capsys):
   assert r["attention_impl"] == "auto" and r["mosaic_kernels"] > 0  # Mosaic, not interpret mode
   # XLA cannot cost the kernels' FLOPs: the report adds them, so the roofline stays sane
   assert r["kernel_flops_per_device"] > 0 and "splash" in r["cost_basis"]
-  assert 0.5 < r["xla_over_analytic"] < 2.0 and 0 < r["roofline_mfu"] < 1
+  assert 0.9 < r["xla_over_analytic"] < 1.15 and 0 < r["roofline_mfu"] < 1, r
 
 
 def test_bad_topology_is_one_line(capsys):

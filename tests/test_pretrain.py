@@ -15,22 +15,20 @@ from bertjax import cli
 from bertjax.train.checkpointer import Checkpointer
 from bertjax.train.pretrain import pretrain
 
-from pretrain_helpers import config, overrides, small_corpus, train_losses
+from pretrain_helpers import config, overrides, train_losses
 
 TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  return small_corpus(tmp_path_factory.mktemp("corpus") / "books.txt")
+def corpus(books):
+  return books
 
 
 @pytest.fixture(scope="module")
-def straight(corpus, tmp_path_factory):
-  """8 steps in one go, on the default mesh (8-way data parallel)."""
-  run = tmp_path_factory.mktemp("straight")
-  result = pretrain(config(run, corpus), quiet=True)
-  return run, result
+def straight(straight_run):
+  """8 steps in one go, on the default mesh (8-way data parallel): conftest's session run."""
+  return straight_run
 
 
 def stop_at(step: int):
@@ -88,7 +86,7 @@ def test_keep_policies(corpus, tmp_path):
   assert steps == [4, 8, 10, 12]  # newest 2, plus every 4th kept forever
 
 
-def test_two_processes_equal_one_process(corpus, tmp_path):
+def test_two_processes_equal_one_process(corpus, straight, tmp_path):
   import portpicker
 
   port = portpicker.pick_unused_port()
@@ -104,8 +102,7 @@ def test_two_processes_equal_one_process(corpus, tmp_path):
   for p in procs:
     _, err = p.communicate(timeout=600)
     assert p.returncode == 0, err[-3000:]
-  one = tmp_path / "one"
-  pretrain(config(one, corpus), quiet=True)
+  one, _ = straight  # the same 8 steps in this single process
   a, b = train_losses(mp_run), train_losses(one)
   assert sorted(a) == sorted(b)
   for s in a:  # another mesh shape sums in another order: f32 rounding, relative 1e-6

