@@ -5,6 +5,7 @@ model that transformers loads with equal logits."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -325,3 +326,62 @@ def test_layer_decay_on_a_real_parameter_tree():
   assert size(enc["layers"][0]["mlp"]["wo"]["kernel"]) == pytest.approx(0.5, rel=1e-4)
   assert size(enc["layers"][1]["mlp"]["wo"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
   assert size(enc["pooler"]["dense"]["kernel"]) == pytest.approx(1.0, rel=1e-4)
+
+
+# -- the task presets on fixtures in their real file formats --------------------------------
+
+_NEUTRAL = ["blue", "green", "small", "old", "new", "tall"]
+
+
+def _glue_rows(task: str, rng: random.Random) -> tuple[list[str], object]:
+  """One learnable row of ``task`` (the first sentence is filler, the second -- or the only
+  one -- carries the label through a sentiment word) -> (its fields, its label)."""
+  kind = rng.choice(["pos", "neg", "neutral"] if task == "mnli" else ["pos", "neg"])
+  word = rng.choice({"pos": POSITIVE, "neg": NEGATIVE, "neutral": _NEUTRAL}[kind])
+  s1 = " ".join(rng.sample(FILLER, 5))
+  words = rng.sample(FILLER, 4) + [word]
+  rng.shuffle(words)
+  s2 = " ".join(words)
+  label = {"sst2": int(kind == "pos"), "cola": int(kind == "pos"), "mrpc": int(kind == "pos"),
+           "stsb": 4.5 if kind == "pos" else 0.5,
+           "mnli": {"pos": "entailment", "neg": "contradiction", "neutral": "neutral"}[kind]}
+  return [s1, s2], label[task]
+
+
+def _write_glue(task: str, path: Path, n: int, seed: int) -> None:
+  """GLUE's own TSV layouts (glue_data/*/train.tsv): headers, column order, headerless CoLA."""
+  rng = random.Random(seed)
+  lines = {"sst2": ["sentence\tlabel"], "cola": [],
+           "mrpc": ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"],
+           "stsb": ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t"
+                    "sentence2\tscore"],
+           "mnli": ["index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\t"
+                    "sentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\t"
+                    "sentence2\tlabel1\tgold_label"]}[task]
+  for i in range(n):
+    (s1, s2), y = _glue_rows(task, rng)
+    lines.append({
+        "sst2": f"{s2}\t{y}", "cola": f"gj04\t{y}\t{'' if y else '*'}\t{s2}",
+        "mrpc": f"{y}\t{i}\t{i + n}\t{s1}\t{s2}",
+        "stsb": f"{i}\tmain-captions\tMSRvid\t2012test\t{i}\tnone\tnone\t{s1}\t{s2}\t{y}",
+        "mnli": f"{i}\t{i}\t{i}e\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{s1}\t{s2}\t{y}\t{y}",
+    }[task])
+  path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("task,metric,bar,epochs", [
+    ("sst2", "accuracy", 0.9, 6), ("cola", "mcc", 0.8, 6), ("mrpc", "f1", 0.9, 6),
+    ("stsb", "pearson", 0.9, 6), ("mnli", "accuracy", 0.7, 10)])  # 3 classes: chance 1/3
+def test_glue_presets_learn_on_their_real_formats(task, metric, bar, epochs, tiny_model,
+                                                  tmp_path):
+  """Each GLUE preset as shipped (format, columns, labels, task type, metric) reads files in
+  GLUE's own layout and fine-tunes to the bar: single sentences, pairs, 3 classes, regression."""
+  _write_glue(task, tmp_path / "train.tsv", 192, seed=0)
+  _write_glue(task, tmp_path / "dev.tsv", 48, seed=1)
+  summary = finetune(finetune_config(f"glue-{task}", [
+      f"init_from={tiny_model}", f"run_dir={tmp_path / 'run'}",
+      f"data.train={tmp_path / 'train.tsv'}", f"data.validation={tmp_path / 'dev.tsv'}",
+      "data.max_seq_length=24", "data.buckets=[24]", "train.batch_size=16", f"train.epochs={epochs}",
+      "train.seeds=[0]", "optim.learning_rate=3e-3"]), quiet=True)
+  dev = summary["seeds"]["0"]["dev"]
+  assert summary["metric"] == metric and dev[metric] >= bar, dev
