@@ -7,7 +7,8 @@ import torch
 import transformers as T
 from flax import nnx
 
-from bertjax.config import ConfigError, MeshConfig, apply_overrides, model_config, presets_dir
+from bertjax.config import (ConfigError, MeshConfig, apply_overrides, experiment_config,
+                            finetune_config, model_config, presets_dir)
 from bertjax.interop import get_adapter
 from bertjax.models import Model
 from bertjax.params import flat_shapes
@@ -106,3 +107,48 @@ def test_nested_overrides_on_a_section():
   assert (mesh.data, mesh.fsdp, mesh.tensor) == (-1, 2, 2)
   with pytest.raises(ConfigError, match="unknown config key tensr"):
     apply_overrides(MeshConfig(), ["tensr=2"])
+
+
+EXPERIMENTS = sorted(p.stem for p in (presets_dir() / "experiments").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (presets_dir() / "tasks").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", EXPERIMENTS)
+def test_every_pretraining_preset_builds_its_abstract_train_state(preset):
+  """Each shipped experiment resolves and plans its sharded train state and step from shapes
+  alone (no compile, nothing allocated): Adam's two slots mirror every trained parameter."""
+  import jax
+
+  from bertjax import sharding
+  from bertjax.data.pipeline import batch_spec
+  from bertjax.train.pretrain import _plan_engine
+
+  cfg = experiment_config(preset)
+  if cfg.objective == "distill":  # the student's shapes come from a teacher folder
+    from bertjax.train.pretrain import _distillation_config
+
+    with pytest.raises(ConfigError, match="distill.teacher"):
+      _distillation_config(cfg)
+    return
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  with sharding.use_mesh(mesh, cfg.mesh.rules):
+    shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
+                        vocab_size=cfg.model.vocab_size, sbo_max_targets=cfg.model.sbo_max_targets)
+    engine, _ = _plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
+  state = engine.abstract_state()
+  params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+  slots = sum(math.prod(x.shape) for x in jax.tree.leaves(state.opt_state) if x.shape)
+  assert params == sum(math.prod(s) for s in flat_shapes(
+      nnx.eval_shape(lambda: Model(cfg.model, rngs=nnx.Rngs(0)))).values())
+  assert slots == 2 * params
+  assert state.total_steps.shape == () and engine.total_steps == cfg.train.steps
+  expected = {"bert-base-pretrain": 110e6, "bert-large-pretrain": 336e6}
+  if preset in expected:  # BERT's published sizes (30,522 entries, MLM and NSP heads)
+    assert params == pytest.approx(expected[preset], rel=0.05), params
+
+
+@pytest.mark.parametrize("preset", TASKS)
+def test_every_task_preset_resolves(preset):
+  cfg = finetune_config(preset)
+  assert cfg.task in ("classification", "multi_label", "regression", "token_classification", "qa")
+  assert cfg.metric and cfg.train.seeds

@@ -202,7 +202,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
       evaluate(result.step)  # the final state competes for best too
     if dev is None:
       save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
-    out = {"steps": result.step - start, "train_seconds": train_seconds, "train": result.train,
+    out = {"steps": result.step, "train_seconds": train_seconds, "train": result.train,
            "model": str(model_dir)}
     if dev is not None:
       out.update(dev=best["metrics"], best_step=best["step"])
