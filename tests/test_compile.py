@@ -50,8 +50,11 @@ def _compile(tmp_path, capsys, *args):
                                                     ("v5e-4", 2, "v5e", 16)])
 def test_compile_pretraining_step(tmp_path, capsys, topology, slices, chip, hbm):
   code, r, text = _compile(tmp_path, capsys, "bert-demo", *SMALL, "mesh.fsdp=2",
-                           "--topology", topology, "--slices", str(slices))
+                           "--topology", topology, "--slices", str(slices),
+                           "--save", str(tmp_path / "step.bin"))
   assert code == 0, text.err
+  # --save: the serialized TPU executable (jax.experimental.serialize_executable)
+  assert r["saved"] == str(tmp_path / "step.bin") and (tmp_path / "step.bin").stat().st_size > 10_000
   assert r["chip"] == chip and r["devices"] == 4 * slices and r["fits"]
   assert r["mesh"] == {"data": 2 * slices, "fsdp": 2, "tensor": 1}
   assert r["hbm_bytes"] == hbm * 2**30

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 from flax import nnx
 
 from bertjax import cli
+from bertjax.data.tokenizer import Tokenizer
 from bertjax.interop.hf import HFImportError, load_hf
 from bertjax.model_dir import load_model_dir
 from bertjax.models import Model
@@ -154,11 +155,26 @@ def jax_spec(*axes):
 
 
 def test_train_tokenizer_cli(tmp_path):
+  """Each --kind loads as bertjax's Tokenizer; --cased keeps case; --min-frequency drops rare
+  words (a word seen 3 times is a token at 2, pieces at 5)."""
   corpus = tmp_path / "c.txt"
-  corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
-  assert cli.main(["train-tokenizer", str(corpus), "--out", str(tmp_path / "tok"),
-                   "--kind", "wordpiece", "--vocab-size", "120"]) == 0
-  assert (tmp_path / "tok" / "vocab.txt").exists()
+  corpus.write_text("The Quick brown fox jumps over the lazy dog\n" * 50 + "zebra " * 3 + "\n")
+
+  def train(out, *flags, size="120"):
+    assert cli.main(["train-tokenizer", str(corpus), "--out", str(tmp_path / out),
+                     "--vocab-size", size, *flags]) == 0
+    return Tokenizer.from_dir(tmp_path / out)
+
+  for kind, size in (("wordpiece", 120), ("bpe", 300), ("sentencepiece", 34)):
+    tok = train(kind, "--kind", kind, size=str(size))
+    assert tok.mask_id is not None and tok.vocab_size <= size
+    assert tok.decode(tok.encode("the lazy dog").ids).replace("▁", " ").strip().lower() \
+        .endswith("the lazy dog")
+  lower, cased = train("lower", "--kind", "wordpiece"), train("cased", "--kind", "wordpiece", "--cased")
+  assert lower.token_to_id("quick") is not None and lower.token_to_id("Quick") is None
+  assert cased.token_to_id("Quick") is not None and cased.token_to_id("quick") is None
+  assert train("f2", "--min-frequency", "2").token_to_id("zebra") is not None
+  assert train("f5", "--min-frequency", "5").token_to_id("zebra") is None
   assert cli.main(["train-tokenizer", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "t2")]) == 2
 
 

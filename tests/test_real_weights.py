@@ -84,6 +84,26 @@ def test_streamed_file_embeddings_equal_transformers_in_input_order(minilm, tmp_
   assert np.max(np.abs(ours - np.concatenate(ref))) <= 1e-5
 
 
+def test_embed_reads_another_field_and_truncates(minilm, tmp_path):
+  """--field names the JSONL key; --max-length cuts every text to that many tokens ([CLS] and
+  [SEP] included): equal to transformers' mean pooling over the truncated ids."""
+  texts = ["a man walked slowly under the bright grey sky of old london town",
+           "the river", "houses of the town by the river in the old country side"]
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps({"body": t, "text": "ignored"}) + "\n" for t in texts))
+  assert cli.main(["embed", str(minilm), "--input", str(src), "--field", "body",
+                   "--max-length", "6", "--output", str(tmp_path / "e.npy")]) == 0
+  ours = np.load(tmp_path / "e.npy")
+  tok = T.AutoTokenizer.from_pretrained(minilm_dir())
+  enc = tok(texts, padding=True, truncation=True, max_length=6, return_tensors="pt")
+  with torch.no_grad():
+    h = T.AutoModel.from_pretrained(minilm_dir()).eval()(**enc).last_hidden_state.numpy()
+  mask = enc["attention_mask"].numpy()
+  assert mask.sum(1).tolist() == [6, 4, 6]
+  ref = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  assert np.max(np.abs(ours - ref)) <= 1e-5
+
+
 def test_per_token_embeddings_load_without_pickle(minilm, tmp_path):
   """--pooling none: one .npz, padded [n, len, hidden] + mask; np.load needs no allow_pickle."""
   out_file = tmp_path / "tokens.npz"
