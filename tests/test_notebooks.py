@@ -27,6 +27,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   assert "colab.research.google.com" in "".join(raw["cells"][0]["source"])
   nb = nbformat.read(path, as_version=4)
   monkeypatch.setenv("BERTJAX_NOTEBOOK_QUICK", "1")
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)  # a user's runtime: one CPU device
   monkeypatch.setenv("MPLBACKEND", "Agg")
   # the kernels share the suite's persistent compilation cache (MiniLM's steps recur)
   import jax
