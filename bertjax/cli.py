@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from bertjax.errors import EXIT_PREEMPTED
+
 
 def _import_hf(args) -> None:
   from bertjax import storage
@@ -81,7 +83,7 @@ def _train_tokenizer(args) -> None:
   print(json.dumps({"tokenizer": str(out)}))
 
 
-def _pretrain(args) -> None:
+def _pretrain(args) -> int | None:
   from bertjax.config import experiment_config
   from bertjax.train.pretrain import pretrain
 
@@ -92,9 +94,9 @@ def _pretrain(args) -> None:
   preset, overrides = _preset_and_overrides(args.args)
   result = pretrain(experiment_config(preset, overrides),
                     allow_config_change=args.allow_config_change)
-  if result["preempted"]:
+  if result["preempted"]:  # saved on SIGTERM: not done (status.json says "preempted")
     print(json.dumps(result))
-    return
+    return EXIT_PREEMPTED
   ev = result["eval"]
   summary = {"held_out_mlm_accuracy": round(ev["mlm_accuracy"], 4),
              "unigram_baseline_accuracy": round(result["unigram_baseline_accuracy"], 4),
@@ -110,7 +112,7 @@ def _pretrain(args) -> None:
         f"try: bertjax fill-mask {result['model']} \"the [MASK] of the house\"", file=sys.stderr)
 
 
-def _finetune(args) -> None:
+def _finetune(args) -> int:
   from bertjax.config import finetune_config
   from bertjax.tasks.finetune import finetune
 
@@ -121,6 +123,7 @@ def _finetune(args) -> None:
   summary = finetune(finetune_config(args.task, args.overrides),
                      allow_config_change=args.allow_config_change)
   print(json.dumps(summary, indent=1))
+  return EXIT_PREEMPTED if summary.get("preempted") else 0
 
 
 def _evaluate(args) -> None:

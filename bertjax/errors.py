@@ -3,6 +3,13 @@ that diverged. Their message is one line naming the file, field or value (and wh
 the CLI prints it and exits 2. Anything else is a bug and keeps its traceback."""
 
 
+# Exit codes of the CLI: 0 done; 2 an error the user can fix (one line); EXIT_PREEMPTED a run
+# that SIGTERM stopped after saving -- not done, run the same command again (sysexits.h
+# EX_TEMPFAIL); anything else a crash.
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75
+
+
 class UserError(ValueError):
   """Base of every error a user can cause; the message is one line."""
 

@@ -28,9 +28,21 @@ import time
 from pathlib import Path
 
 RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
-            "v5e": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+            "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+ALIASES = {"v5e": "v5litepod"}  # what people say -> what the TPU API calls it
 READY, GONE = "ACTIVE", ("SUSPENDED", "FAILED", "SUSPENDING", "DELETING", "NOT_FOUND")
 LOG = "~/bertjax-run.log"
+EXIT_PREEMPTED = 75  # bertjax pretrain/finetune: saved on SIGTERM, not done (bertjax/errors.py)
+
+
+def accelerator_type(name: str) -> str:
+  """``v5e-16`` -> ``v5litepod-16`` (the TPU API's name); an unknown generation is an error."""
+  generation, _, chips = name.partition("-")
+  generation = ALIASES.get(generation, generation)
+  if generation not in RUNTIMES or not chips.isdigit():  # (v2/v3: no image with a usable Python)
+    raise SystemExit(f"launch/tpu.py: --accelerator {name}: expected GENERATION-CHIPS with a "
+                     f"generation of {', '.join(sorted(RUNTIMES))} (or v5e), e.g. v5litepod-16")
+  return f"{generation}-{chips}"
 
 
 class Launcher:
@@ -69,9 +81,13 @@ class Launcher:
     a = self.args
     if not a.accelerator:
       raise SystemExit("launch/tpu.py create: --accelerator is required (e.g. v5p-64)")
-    version = a.runtime_version or RUNTIMES[a.accelerator.split("-")[0]]
+    accelerator = accelerator_type(a.accelerator)
+    if accelerator != a.accelerator:
+      print(f"launch/tpu.py: --accelerator {a.accelerator} is {accelerator} to the TPU API",
+            file=sys.stderr)
+    version = a.runtime_version or RUNTIMES[accelerator.split("-")[0]]
     argv = ["compute", "tpus", "queued-resources", "create", self.qr,
-            f"--accelerator-type={a.accelerator}", f"--runtime-version={version}"]
+            f"--accelerator-type={accelerator}", f"--runtime-version={version}"]
     argv += ([f"--node-id={a.name}"] if a.node_count == 1
              else [f"--node-count={a.node_count}", f"--node-prefix={a.name}"])
     argv += ["--spot"] if a.spot else ["--reserved"] if a.reserved else []
@@ -147,6 +163,10 @@ class Launcher:
         print(f"launch/tpu.py: done after {attempt + 1} attempt(s)", file=sys.stderr)
         return 0
       state = self.state()
+      if state == READY and code == EXIT_PREEMPTED:  # SIGTERM'd and saved, the slice is still
+        print("launch/tpu.py: the run saved on SIGTERM and the slice is up; running it again "
+              f"({attempt + 1}/{a.retries} retries)", file=sys.stderr, flush=True)
+        continue
       if state == READY:  # the slice is fine: the command itself failed; do not loop on it
         raise SystemExit(f"launch/tpu.py: the command failed (exit {code}) on a healthy slice")
       wait = min(a.backoff * 2**attempt, a.max_backoff)
@@ -175,14 +195,26 @@ class Launcher:
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="launch/tpu.py", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--project", required=True)
-  p.add_argument("--zone", required=True)
-  p.add_argument("--name", required=True, help="the slice (node) name; the queued resource is NAME-qr")
-  p.add_argument("--node-count", type=int, default=1, help="slices (multislice: mesh.slices=N)")
-  p.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
-  p.add_argument("--poll", type=float, default=30.0, help="seconds between state checks")
-  p.add_argument("--wait-limit", type=float, default=6 * 3600, help="give up waiting after")
+  def common(parser, default):  # before or after the subcommand, as people type them
+    kw = lambda value: {"default": value if default else argparse.SUPPRESS}
+    parser.add_argument("--project", **kw(None))
+    parser.add_argument("--zone", **kw(None))
+    parser.add_argument("--name", help="the slice (node) name; the queued resource is NAME-qr",
+                        **kw(None))
+    parser.add_argument("--node-count", type=int, help="slices (multislice: mesh.slices=N)",
+                        **kw(1))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the gcloud commands, run nothing", **kw(False))
+    parser.add_argument("--poll", type=float, help="seconds between state checks", **kw(30.0))
+    parser.add_argument("--wait-limit", type=float, help="give up waiting after",
+                        **kw(6 * 3600))
+
+  common(p, default=True)
+  shared = argparse.ArgumentParser(add_help=False)
+  common(shared, default=False)
   sub = p.add_subparsers(dest="cmd", required=True)
+  add_parser = sub.add_parser
+  sub.add_parser = lambda *a, **k: add_parser(*a, parents=[shared], **k)
 
   def slice_args(s):
     s.add_argument("--accelerator", help="v5p-64, v5litepod-16, v4-32, v6e-64 ...")
@@ -213,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
+  missing = [f"--{k}" for k in ("project", "zone", "name") if not getattr(args, k)]
+  if missing:
+    raise SystemExit(f"launch/tpu.py: {', '.join(missing)} required")
   command = list(getattr(args, "command", None) or [])
   if command[:1] == ["--"]:
     command = command[1:]

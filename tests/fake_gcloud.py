@@ -2,7 +2,10 @@
 """A stand-in for ``gcloud`` (put on PATH as ``gcloud``): records every call as a JSON line in
 $FAKE_GCLOUD_LOG and keeps the queued resource's state in $FAKE_GCLOUD_STATE. The scenario
 ($FAKE_GCLOUD_SCENARIO) decides what a training run does: ``ok``; ``preempt-once`` (the first run
-loses the slice); ``preempt-always``; ``fail`` (the command fails, the slice stays up)."""
+loses the slice: ssh exits 255); ``preempt-always``; ``fail`` (the command fails, the slice stays
+up); ``sigterm-once`` (the first run is SIGTERM'd -- a maintenance event -- saves and exits 75,
+the slice stays ACTIVE); ``notice-once`` (the first run saves on the preemption notice and exits
+75, then the slice is SUSPENDED)."""
 
 import json
 import os
@@ -50,6 +53,11 @@ if words[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
       sys.exit(255)
     if scenario == "fail":
       sys.exit(1)
+    if scenario in ("sigterm-once", "notice-once") and state["runs"] == 1:
+      if scenario == "notice-once":
+        state["qr"] = "SUSPENDED"
+        save()
+      sys.exit(75)
   sys.exit(0)
 if words[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
   Path(words[5]).write_text("worker log\n") if ":" not in words[5] else None

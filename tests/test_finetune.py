@@ -23,6 +23,7 @@ from bertjax.config import finetune_config
 from bertjax.tasks.finetune import finetune
 from bertjax.tasks.serve import evaluate_model, predict_model
 from bertjax.train.optim import layer_depth, scale_by_layer_decay
+from bertjax.train.run_dir import read_status
 from flax import nnx
 
 POSITIVE = ["good", "great", "fine", "happy", "lovely", "bright"]
@@ -413,7 +414,10 @@ def test_a_preempted_fine_tuning_resumes_to_the_same_summary(tiny_model, tmp_pat
                    stop_event=event)
   event.set()
   assert first["preempted"] and not (run / "summary.json").exists()
+  status = read_status(run)
+  assert (status["state"], status["seed"], status["step"]) == ("preempted", 0, first["step"])
   resumed = finetune(_cfg("rt-polarity", tiny_model, run, train, dev, *args), quiet=True)
+  assert read_status(run)["state"] == "completed"
   timing = ("train_seconds", "model", "tokens_per_second", "mfu")
 
   def strip(summary):  # what was learnt and measured, not how fast or where

@@ -21,9 +21,9 @@ from etils import epath
 
 from bertjax import storage
 from bertjax.cli import main
-from bertjax.errors import RunDirError
+from bertjax.errors import EXIT_PREEMPTED, RunDirError
 from bertjax.train.pretrain import pretrain
-from bertjax.train.run_dir import claim_run_dir
+from bertjax.train.run_dir import claim_run_dir, read_status
 
 from gcs_emulator import gcs_emulator
 from pretrain_helpers import config, overrides, train_losses
@@ -225,9 +225,11 @@ def test_sigterm_saves_to_the_bucket_and_the_run_resumes(bucket, prepared, nothi
   assert proc.poll() is None, proc.communicate()[1][-2000:]
   proc.send_signal(signal.SIGTERM)  # a spot VM's preemption notice
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-2000:]
+  assert proc.returncode == EXIT_PREEMPTED, err[-2000:]  # saved, not done
   saved = json.loads(out.strip().splitlines()[-1])["step"]
   assert steps_saved(run)[-1] == saved and not epath.Path(run, "run.lock").exists()
+  status = read_status(run)
+  assert (status["state"], status["step"]) == ("preempted", saved)
   train_rows = [r["step"] for r in rows(run) if r["split"] == "train"]
   assert train_rows == list(range(1, saved + 1))  # the history reached the bucket at the save
   # the next slice runs on, then dies without a word (kill -9): its lock stays behind, the rows
@@ -241,6 +243,7 @@ def test_sigterm_saves_to_the_bucket_and_the_run_resumes(bucket, prepared, nothi
   assert proc.poll() is None, proc.communicate()[1][-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  assert read_status(run)["state"] == "running"  # kill -9: nobody wrote the outcome
   last = max(steps_saved(run))
   assert last >= saved + 4 and epath.Path(run, "run.lock").exists()
   with pytest.warns(UserWarning, match="stale lock"):
@@ -248,6 +251,7 @@ def test_sigterm_saves_to_the_bucket_and_the_run_resumes(bucket, prepared, nothi
                       quiet=True)
   assert result["step"] == last + 2
   assert [r["step"] for r in rows(run) if r["split"] == "train"] == list(range(1, last + 3))
+  assert (read_status(run)["state"], read_status(run)["step"]) == ("completed", last + 2)
 
 
 # -- fine-tuning, serving, interop ---------------------------------------------------------

@@ -100,3 +100,34 @@ def test_status_logs_delete(gcloud, tmp_path):
                                                                     "bj-worker-1.log"]
   assert launch("delete").returncode == 0
   assert launch("status").stdout.strip() == "bj-qr: NOT_FOUND"
+
+
+def test_a_run_saved_on_sigterm_runs_again(gcloud):
+  """Exit 75 (saved on SIGTERM, not done): on a slice that is still ACTIVE the same command runs
+  again there; on a SUSPENDED one the slice is re-created first. Never read as done/failed."""
+  out = launch("babysit", "--accelerator=v5p-8", "--source=git+https://example.invalid/bertjax",
+               "--backoff=0", "--", *TRAIN, scenario="sigterm-once")
+  assert out.returncode == 0, out.stderr
+  assert verbs(gcloud()).count("queued-resources create") == 1
+  assert verbs(gcloud()).count("tpu-vm ssh run") == 2 and "done after 2 attempt(s)" in out.stderr
+
+
+def test_a_preemption_notice_recreates_the_slice(gcloud):
+  out = launch("babysit", "--accelerator=v5p-8", "--source=git+https://example.invalid/bertjax",
+               "--backoff=0", "--", *TRAIN, scenario="notice-once")
+  assert out.returncode == 0, out.stderr
+  assert verbs(gcloud()).count("queued-resources create") == 2
+  assert verbs(gcloud()).count("tpu-vm ssh run") == 2
+
+
+def test_accelerator_names_and_flags_after_the_subcommand(gcloud):
+  out = subprocess.run([sys.executable, str(ROOT / "launch" / "tpu.py"), "create",
+                        "--accelerator", "v5e-16", "--dry-run", "--project=p", "--zone=z",
+                        "--name=bj"], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert "--accelerator-type=v5litepod-16" in out.stdout.splitlines()[0]
+  assert "--runtime-version=v2-alpha-tpuv5-lite" in out.stdout.splitlines()[0]
+  bad = launch("--dry-run", "create", "--accelerator=v3-8")
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr
+  assert bad.stderr.strip().count("\n") == 0 and "--accelerator v3-8" in bad.stderr
+  assert gcloud() == []

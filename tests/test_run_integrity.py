@@ -21,11 +21,12 @@ import yaml
 from flax import nnx
 
 from bertjax.config import OptimConfig
-from bertjax.errors import NonFiniteError, RunDirError
+from bertjax.errors import EXIT_PREEMPTED, NonFiniteError, RunDirError
 from bertjax.models import Model
 from bertjax.objectives import MlmObjective
 from bertjax.train.optim import make_optimizer
 from bertjax.train.pretrain import pretrain
+from bertjax.train.run_dir import read_status
 from bertjax.train.step import init_state, make_train_step
 from pretrain_helpers import config, overrides, small_corpus, train_losses
 from test_step import batch, tiny
@@ -124,6 +125,8 @@ def test_nan_stop_keeps_the_good_run_as_it_was(corpus, tmp_path):
   assert after == before
   assert checkpoint_steps(run) == [4, 8]
   assert not (run / "run.lock").exists()
+  status = read_status(run)
+  assert status["state"] == "failed" and status["error"].startswith("NonFiniteError: step ")
 
 
 def test_nan_skip_stops_after_too_many_in_a_row_and_saves_only_finite_states(corpus, tmp_path):
@@ -243,14 +246,18 @@ def test_the_step_saved_on_sigterm_has_its_row(corpus, tmp_path):
   _wait_for(proc, lambda: (run / "metrics.jsonl").exists() and len(rows(run)) >= 3)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-2000:]
+  assert proc.returncode == EXIT_PREEMPTED, err[-2000:]  # saved, not done: run me again
   result = json.loads(out.strip().splitlines()[-1])
   saved = result["step"]
   assert result["preempted"] and saved >= 3
   assert checkpoint_steps(run) == [saved]
   assert [r["step"] for r in rows(run)] == list(range(1, saved + 1))
+  status = read_status(run)
+  assert (status["state"], status["step"]) == ("preempted", saved)
+  assert {"time", "host", "pid"} <= set(status)
   pretrain(config(run, corpus, f"train.steps={saved + 2}", "checkpoint.every=100000"), quiet=True)
   assert [r["step"] for r in rows(run)] == list(range(1, saved + 3))
+  assert (read_status(run)["state"], read_status(run)["step"]) == ("completed", saved + 2)
 
 
 def test_a_full_disk_stops_before_the_save_and_keeps_the_checkpoints(corpus, tmp_path, capsys,

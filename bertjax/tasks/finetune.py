@@ -40,7 +40,8 @@ from bertjax.tasks.start import initial_params, load_pretrained, task_model_conf
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
-from bertjax.train.run_dir import check_run_dir_path, claim_run_dir, write_text_atomic
+from bertjax.train.run_dir import (check_run_dir_path, claim_run_dir, write_status,
+                                   write_text_atomic)
 
 # Config keys a resumed fine-tuning run may change without changing what it trains.
 RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_every",
@@ -125,6 +126,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
       runs[seed] = _train_one(cfg, seed, seed_dir, mesh, model_cfg, params, tokenizer, train, dev,
                               test, quiet=quiet, stop_event=stop_event)
       if runs[seed].get("preempted"):
+        write_status(run_dir, "preempted", step=runs[seed]["step"], seed=seed)
         return {"preempted": True, "seed": seed, **runs[seed]}
     summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
                "labels": list(labels), "seeds": {str(s): r for s, r in runs.items()}}
@@ -135,6 +137,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
                                       for k in sorted(keys)}
     if jax.process_index() == 0:
       write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_status(run_dir, "completed", step=runs[cfg.train.seeds[-1]]["steps"])
   return summary
 
 

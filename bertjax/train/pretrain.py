@@ -31,7 +31,7 @@ from bertjax.train.engine import build_engine, run_steps, to_host
 from bertjax.train.flops import peak_flops, step_flops_per_token
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
-from bertjax.train.run_dir import check_run_dir_path, claim_run_dir
+from bertjax.train.run_dir import check_run_dir_path, claim_run_dir, write_status
 
 # Config keys a resumed run may change without changing what it trains.
 RESUMABLE = ("name", "run_dir", "train.steps", "train.eval_every", "train.eval_batches",
@@ -119,6 +119,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
         flops_per_step=flops_per_step, peak_flops=peak, on_step=on_step)
     checkpoints = str(run.checkpointer.directory)
     if result.preempted:
+      write_status(run_dir, "preempted", step=result.step)
       return {"preempted": True, "step": result.step, "checkpoint": checkpoints}
     final_eval = evaluate()
     _write_eval(run, result.step, final_eval)
@@ -126,6 +127,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     baseline_loss = unigram_baseline_loss(eval_local, corpus.unigram)
     model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
                               corpus.tokenizer)
+    write_status(run_dir, "completed", step=result.step)
 
   return {"preempted": False, "step": result.step, "eval": final_eval, "train": result.train,
           "unigram_baseline_accuracy": baseline, "unigram_baseline_loss": baseline_loss,

@@ -8,6 +8,10 @@
   the mesh) is accepted and recorded in ``config-history.jsonl``; any other change is refused
   with the list of keys unless the caller allows it explicitly (recorded too).
 - **One history**: ``metrics.jsonl`` rows past the step a run restarts from are dropped.
+- **One outcome**: ``status.json`` says what became of the run -- ``running``, ``preempted``
+  (SIGTERM: saved, resumable; the CLI exits with ``errors.EXIT_PREEMPTED``), ``completed`` or
+  ``failed`` (with the error) -- with the step, the time and the host. Anything that manages
+  runs (``launch/tpu.py babysit``, a JobSet, Slurm) reads it rather than guess from an exit code.
 
 A run folder may be on object storage (``run_dir=gs://...``, ``bertjax.storage``). There the lock
 is an object written and read back (object storage has no exclusive create here): of two runs
@@ -39,6 +43,28 @@ from bertjax.errors import RunDirError
 
 LOCK = "run.lock"
 HISTORY = "config-history.jsonl"
+STATUS = "status.json"
+STATES = ("running", "preempted", "completed", "failed")
+
+
+def write_status(run_dir: Path, state: str, *, step: int | None = None,
+                 error: str | None = None, **extra) -> None:
+  """``run_dir/status.json``, whole or not at all (process 0 writes it)."""
+  if state not in STATES:
+    raise ValueError(f"unknown run state {state!r}")
+  if jax.process_index() != 0:
+    return
+  status = {"state": state, "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                time.gmtime()),
+            "host": socket.gethostname(), "pid": os.getpid(), **extra}
+  if error is not None:
+    status["error"] = error
+  write_text_atomic(run_dir / STATUS, json.dumps(status) + "\n")
+
+
+def read_status(run_dir: Path) -> dict | None:
+  path = storage.as_path(run_dir) / STATUS
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def check_run_dir_path(run_dir: Path) -> None:
@@ -236,7 +262,13 @@ def claim_run_dir(run_dir: Path, config: dict, *, resumable: Sequence[str],
     raise RunDirError(f"{run_dir}: process 0 could not claim the run folder (see its error)")
   try:
     with _heartbeat(lock) if lock is not None else contextlib.nullcontext():
-      yield run_dir
+      write_status(run_dir, "running")
+      try:
+        yield run_dir
+      except BaseException as e:  # the caller writes preempted / completed itself
+        write_status(run_dir, "failed",
+                     error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:500]}")
+        raise
   finally:
     if lock is not None:
       _release(lock)
