@@ -138,6 +138,11 @@ CASES = [
      "run"),
     ("pretrain-resume-seed", lambda w: pretrain_args(w, "train.seed=7"), "train.seed", "run"),
     # pretrain: data
+    ("pretrain-preset-needs-source", lambda w: ["pretrain", "bert-base-pretrain",
+                                                f"run_dir={w / 'run-new'}"],
+     "data.source is not set", "run-new"),
+    ("prepare-preset-needs-source", lambda w: ["prepare-data", "bert-large-pretrain", "--out",
+                                               str(w / "prep")], "data.source is not set", "prep"),
     ("pretrain-missing-source", lambda w: pretrain_args(w, f"data.source={w / 'nope.txt'}"),
      "nope.txt", "run"),
     ("pretrain-not-utf8", lambda w: pretrain_args(w, f"data.source={w / 'latin1.txt'}"),

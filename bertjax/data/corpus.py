@@ -28,10 +28,13 @@ META = "meta.json"  # a prepared folder's index: shards, counts, unigram token, 
 UNIGRAM = "unigram.npy"  # a prepared folder's training-token counts [vocab]
 PLAN = "plan.json"  # in a prepare-data work folder until the preparation is complete
 
-SHIPPED_TOKENIZERS = {  # vocabularies trained on the shipped corpus (bertjax train-tokenizer)
+SHIPPED_TOKENIZERS = {  # data.tokenizer names -> folders inside the package
+    # vocabularies trained on the shipped corpus (bertjax train-tokenizer), relative to it
     "corpus": "tokenizer",  # WordPiece, 8192, uncased (BERT)
     "corpus-bpe": "tokenizer-bpe",  # byte-level BPE, 8192 (RoBERTa)
     "corpus-spm": "tokenizer-spm",  # SentencePiece unigram, 8000, lowercased (ALBERT)
+    # BERT's own 30,522-entry uncased WordPiece vocabulary (Apache-2.0; data/vocab/*/README.md)
+    "bert-base-uncased": Path(__file__).resolve().parent / "vocab" / "bert-base-uncased",
 }
 
 
@@ -138,6 +141,7 @@ def token_counts(store: InstanceStore, vocab_size: int) -> np.ndarray:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
   """Instances from raw text (tokenized now) or from a ``prepare-data`` ArrayRecord folder."""
+  sources.require_source(cfg.source)
   if not sources.is_builtin(cfg.source) and storage.exists(storage.as_path(cfg.source) / PLAN):
     raise sources.DataError(f"data.source {cfg.source}: an unfinished prepare-data folder (its "
                             "preparation did not complete); run the same prepare-data command "

@@ -282,6 +282,7 @@ def prepare_data(cfg: DataConfig, out_dir: str | Path, num_shards: int | None = 
   ``steps(cfg, plan, work, log) -> statistics``: another engine for steps 1-2 (Apache Beam:
   ``bertjax.data.beam.prepare_data_beam``)."""
   log = log or (lambda msg: print(f"prepare-data: {msg}", file=sys.stderr, flush=True))
+  sources.require_source(cfg.source)
   out = storage.absolute(out_dir)
   remote = storage.is_url(out)
   if storage.is_published(out) if remote else out.exists():

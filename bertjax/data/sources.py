@@ -144,6 +144,14 @@ def _file_size(path) -> int:
   return p.stat().length if storage.is_url(p) else p.stat().st_size
 
 
+def require_source(source: str) -> None:
+  """A preset for real pretraining leaves ``data.source`` empty: the user names their corpus."""
+  if not source:
+    raise DataError("data.source is not set: point it at your corpus (text or JSONL files, a "
+                    "folder of them, gs://..., tfds:NAME) or a `bertjax prepare-data` folder "
+                    "(data.source=corpus is the small demo corpus shipped with bertjax)")
+
+
 def is_builtin(source: str) -> bool:
   """The shipped corpus or a TFDS name (not a path)."""
   return source == "corpus" or source.startswith("tfds:")
