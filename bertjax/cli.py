@@ -350,9 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """Options, the preset and ``key=value`` overrides in any order, as people type them:
+  argparse stops filling a ``nargs="*"`` positional at the first option, so the words after it
+  come back unparsed and join that positional (the overrides, the texts) here."""
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if not extra:
+    return args
+  sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+  rest = [a for a in sub.choices[args.command]._actions
+          if not a.option_strings and a.nargs == "*"]
+  if not rest or any(x.startswith("-") and x != "-" for x in extra):
+    parser.parse_args(argv)  # argparse's own one-line error about what it does not know
+  setattr(args, rest[-1].dest, [*getattr(args, rest[-1].dest), *extra])
+  return args
+
+
 def main(argv: list[str] | None = None) -> int:
   try:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
   except SystemExit as e:  # usage errors (one line, exit 2) and --help (exit 0)
     return e.code if isinstance(e.code, int) else 2
   from bertjax.errors import UserError
