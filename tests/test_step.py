@@ -122,7 +122,8 @@ def test_optimizer_and_clipping_update_as_optax_does(name):
                     schedule="constant", weight_decay=0.1)
   graphdef, params = nnx.split(Model(tiny(), rngs=nnx.Rngs(0)))
   obj = MlmObjective()
-  grads = jax.grad(lambda p: obj(nnx.merge(graphdef, p), b, None, obj.totals(b))[0])(params)
+  grads = jax.jit(jax.grad(lambda p: obj(nnx.merge(graphdef, p), b, None, obj.totals(b))[0]))(
+      params)
   core = getattr(optax, name)(1e-2, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=0.1,
                               mask=decay_mask)
   want = {}
