@@ -1,6 +1,7 @@
 """Presets resolve to the published architectures; overrides and bad input behave."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,15 @@ def test_every_task_preset_resolves(preset):
   cfg = finetune_config(preset)
   assert cfg.task in ("classification", "multi_label", "regression", "token_classification", "qa")
   assert cfg.metric and cfg.train.seeds
+
+
+def test_the_readme_states_the_suite_size(request):
+  """The README's test count is the collected suite's (checked when the whole suite runs)."""
+  import re
+
+  root = Path(__file__).resolve().parent.parent
+  args = [Path(a).resolve() for a in request.config.args]
+  if args and args != [root / "tests"] or request.config.option.keyword:
+    pytest.skip("only a run of the whole suite knows its size")
+  stated = re.search(r"(\d+) tests \(`tests/test_config.py`", (root / "README.md").read_text())
+  assert stated and int(stated.group(1)) == len(request.session.items)

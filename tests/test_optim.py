@@ -115,17 +115,23 @@ def test_schedules_equal_optax_and_take_a_traced_length(cfg):
 
 
 def test_the_step_reads_the_run_length_from_its_state():
-  """Two engines for runs of 10 and 1000 steps: one compiled program (same HLO); after one
-  step each has applied its own learning rate (warmup over a tenth of the run)."""
-  cfg = OptimConfig(learning_rate=1e-2, warmup_fraction=0.1)
+  """Two runs of 10 and 1000 steps: one compiled program (same HLO). Linear decay without
+  warmup: step 1 applies lr * (1 - 1/10) in the first, lr * (1 - 1/1000) in the second -- the
+  same Adam direction (same state after step 0), so the updates' ratio is 0.9 / 0.999."""
+  cfg = OptimConfig(learning_rate=1e-2, warmup_steps=0, weight_decay=0.0, clip_norm=None)
   graphdef, params = nnx.split(Model(tiny(), rngs=nnx.Rngs(0)))
   tx = functools.partial(make_optimizer, cfg)
   step = jax.jit(make_train_step(graphdef, MlmObjective(), tx,
-                                 lr_schedule=lambda s, t: schedule(cfg, t)(s + 1)))
-  lrs = {}
+                                 lr_schedule=lambda s, t: schedule(cfg, t)(s)))
+  moves, lrs = {}, {}
   for total in (10, 1000):
-    state = init_state(graphdef, params, tx, 0, total_steps=total)
-    _, metrics = step(state, batch())
+    s0 = init_state(graphdef, params, tx, 0, total_steps=total)
+    s1, _ = step(s0, batch())
+    s2, metrics = step(s1, batch())
     lrs[total] = float(metrics["learning_rate"])
+    kernel = lambda s: np.asarray(s.params["encoder"]["layers"][0]["mlp"]["wi"]["kernel"][...])
+    moves[total] = kernel(s2) - kernel(s1)
   assert step._cache_size() == 1
-  assert lrs[10] == pytest.approx(1e-2) and lrs[1000] == pytest.approx(1e-2 / 100)
+  assert lrs == pytest.approx({10: 0.9e-2, 1000: 0.999e-2})
+  ratio = np.abs(moves[10]).sum() / np.abs(moves[1000]).sum()
+  assert ratio == pytest.approx(0.9 / 0.999, rel=1e-4)
