@@ -83,14 +83,20 @@ def _train_tokenizer(args) -> None:
   print(json.dumps({"tokenizer": str(out)}))
 
 
+def _initialize_distributed(args) -> None:
+  """``--distributed``: Cloud TPU VMs / SLURM (coordinator and process ids auto-detected), with
+  SIGTERM agreement armed and a bounded wait on a dead process (``train/preemption.py``)."""
+  if args.distributed:
+    from bertjax.train import preemption
+
+    preemption.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
+
+
 def _pretrain(args) -> int | None:
   from bertjax.config import experiment_config
   from bertjax.train.pretrain import pretrain
 
-  if args.distributed:  # Cloud TPU VMs / SLURM: coordinator and process ids are auto-detected
-    import jax
-
-    jax.distributed.initialize()
+  _initialize_distributed(args)
   preset, overrides = _preset_and_overrides(args.args)
   result = pretrain(experiment_config(preset, overrides),
                     allow_config_change=args.allow_config_change)
@@ -116,10 +122,7 @@ def _finetune(args) -> int:
   from bertjax.config import finetune_config
   from bertjax.tasks.finetune import finetune
 
-  if args.distributed:
-    import jax
-
-    jax.distributed.initialize()
+  _initialize_distributed(args)
   summary = finetune(finetune_config(args.task, args.overrides),
                      allow_config_change=args.allow_config_change)
   print(json.dumps(summary, indent=1))
@@ -238,14 +241,22 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _distributed_args(s) -> None:
+  s.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host TPU pods); a SIGTERM "
+                 "to any host saves the same step on all")
+  s.add_argument("--heartbeat-timeout", type=_positive, default=100, metavar="SECONDS",
+                 help="with --distributed: the other processes exit this long after one dies "
+                 "(default 100)")
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="bertjax", description=__doc__)
   sub = p.add_subparsers(dest="command", required=True)
 
   s = sub.add_parser("pretrain", help="pretrain (or resume) from a preset/YAML + key=value overrides")
   s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
-  s.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() first (multi-host TPU pods)")
+  _distributed_args(s)
   s.add_argument("--allow-config-change", action="store_true", help=_ALLOW_HELP)
   s.set_defaults(func=_pretrain)
 
@@ -264,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
   s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")
   s.add_argument("task", metavar="TASK_YAML", help="configs/tasks preset name or YAML path")
   s.add_argument("overrides", nargs="*", metavar="key=value")
-  s.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() first (multi-host TPU pods)")
+  _distributed_args(s)
   s.add_argument("--allow-config-change", action="store_true", help=_ALLOW_HELP)
   s.set_defaults(func=_finetune)
 

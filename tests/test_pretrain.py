@@ -86,22 +86,49 @@ def test_keep_policies(corpus, tmp_path):
   assert steps == [4, 8, 10, 12]  # newest 2, plus every 4th kept forever
 
 
-def test_two_processes_equal_one_process(corpus, straight, tmp_path):
+def saved_steps(run_dir) -> list[int]:
+  return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def two_processes(run_dir, corpus, *overrides, **env):
+  """Both processes of a 2-process run to their end: [(exit code, result or None, stderr)]."""
   import portpicker
 
   port = portpicker.pick_unused_port()
-  env = dict(os.environ, PYTHONPATH=f"{TESTS}:{TESTS.parent}")
+  env = dict(os.environ, PYTHONPATH=f"{TESTS}:{TESTS.parent}", **env)
   env.pop("XLA_FLAGS", None)
-  mp_run = tmp_path / "two"
   # the two processes stand in for two slices: data parallelism across them (DCN), fsdp
   # inside each (mesh_utils.create_hybrid_device_mesh, processes as granules)
   procs = [subprocess.Popen([sys.executable, str(TESTS / "mp_pretrain.py"), str(i), str(port),
-                             str(mp_run), str(corpus), "mesh.slices=2", "mesh.fsdp=2"],
-                            env=env, stdout=subprocess.PIPE,
+                             str(run_dir), str(corpus), "mesh.slices=2", "mesh.fsdp=2",
+                             *overrides], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+  out = []
   for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+    stdout, err = p.communicate(timeout=300)  # a hang is a failure, not a wait
+    results = [line for line in stdout.splitlines() if line.startswith("{")]  # (gloo talks too)
+    out.append((p.returncode, json.loads(results[-1]) if results else None, err[-3000:]))
+  return out
+
+
+def test_two_processes_agree_on_a_sigterm_to_one_and_equal_one_process(corpus, straight,
+                                                                        tmp_path):
+  """Only process 1 gets SIGTERM (after step 2): both save the same step and exit 75; the run
+  goes on from there to step 8 and its losses equal the single-process run's."""
+  from bertjax.errors import EXIT_PREEMPTED
+  from bertjax.train.run_dir import read_status
+
+  mp_run = tmp_path / "two"
+  first = two_processes(mp_run, corpus, MP_SIGTERM_AT="2", MP_STEP_SLEEP="0.3")
+  assert [code for code, _, _ in first] == [EXIT_PREEMPTED] * 2, first
+  stopped = {result["step"] for _, result, _ in first}
+  assert len(stopped) == 1 and 2 < stopped.pop() < 8, first
+  saved = first[0][1]["step"]
+  assert saved_steps(mp_run) == [saved]
+  assert read_status(mp_run)["state"] == "preempted" and read_status(mp_run)["step"] == saved
+  second = two_processes(mp_run, corpus)
+  assert [(code, result["step"]) for code, result, _ in second] == [(0, 8)] * 2, second
+  assert read_status(mp_run)["state"] == "completed"
   one, _ = straight  # the same 8 steps in this single process
   a, b = train_losses(mp_run), train_losses(one)
   assert sorted(a) == sorted(b)
@@ -111,6 +138,18 @@ def test_two_processes_equal_one_process(corpus, straight, tmp_path):
   resumed = pretrain(config(mp_run, corpus, "train.steps=10", "mesh.fsdp=2"), quiet=True)
   assert resumed["step"] == 10
   assert np.isfinite(train_losses(mp_run)[9])
+
+
+def test_a_dead_process_ends_the_other_within_the_heartbeat(corpus, tmp_path):
+  """Process 1 is killed (a lost VM) after step 2: process 0 does not wait in a collective
+  forever -- the coordination service's heartbeat (5 s here) ends it, non-zero, and the run
+  folder keeps its last good checkpoint (step 2) for the rerun."""
+  (code0, result0, err0), (code1, _, _) = two_processes(
+      tmp_path, corpus, "train.steps=40", "checkpoint.every=2", MP_KILL_AT="3",
+      MP_STEP_SLEEP="0.3", MP_HEARTBEAT="5")
+  assert code1 == -9 and code0 != 0 and result0 is None, err0
+  assert "heartbeat" in err0 or "UNAVAILABLE" in err0 or "failed" in err0, err0
+  assert saved_steps(tmp_path) in ([], [2])
 
 
 def test_cli_pretrain_then_fill_mask(corpus, tmp_path, capsys):

@@ -242,7 +242,7 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
       progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
       writer.checkpointed(step)  # the history up to it reaches the run folder with it
 
-  while step < steps and not preempted.is_set() and not stopped_early:
+  while step < steps and not stopped_early and not run.should_stop():
     batch = engine.batch(next(batches))
     engine.state, metrics = engine.train_step(engine.state, batch)
     step += 1

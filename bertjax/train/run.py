@@ -2,7 +2,8 @@
 
 ``plan_mesh`` builds the mesh and checks the batch split before anything is written; the run
 folder's rules (lock, config, history) are ``run_dir.py``'s ``claim_run_dir``. ``open_run``:
-the mesh (active for the whole run), SIGTERM -> ``run.stop``, and the services a run writes
+the mesh (active for the whole run), SIGTERM -> ``run.stop`` (on several processes: the step all
+of them agree on, ``preemption.py``), and the services a run writes
 through, opened when first used so that a run failing while it builds its model leaves nothing
 behind: the Orbax checkpointer, the metric writer, the progress bar. All are closed on every
 exit.
@@ -22,6 +23,7 @@ import jax
 
 from bertjax import sharding
 from bertjax.config import CheckpointConfig, ConfigError, MeshConfig
+from bertjax.train import preemption
 from bertjax.train.checkpointer import Checkpointer
 from bertjax.train.metrics import MetricWriter, Progress
 from bertjax.train.run_dir import drop_metrics_after
@@ -58,6 +60,14 @@ class Run:
     self._checkpoint, self._label, self._quiet = checkpoint, label, quiet
     self._start = 0  # the step the run continues from (restore)
     self.progress: Progress | None = None
+    self._agree = preemption.arm()  # several processes: stop where all of them agree
+
+  def should_stop(self) -> bool:
+    """Called once per training step on every process: whether to save and stop now (SIGTERM,
+    or ``stop`` set by a caller). Several processes get the same answer at the same step."""
+    if self._agree and preemption.agreed():
+      self.stop.set()
+    return self.stop.is_set()
 
   @functools.cached_property
   def checkpointer(self) -> Checkpointer:
@@ -102,12 +112,14 @@ def open_run(run_dir: Path, mesh: jax.sharding.Mesh, mesh_cfg: MeshConfig,
              checkpoint: CheckpointConfig, *, label: str = "pretrain", quiet: bool = False,
              stop_event: threading.Event | None = None) -> Iterator[Run]:
   """A ``Run`` in ``run_dir`` on ``mesh`` (from ``plan_mesh``), active inside with the rules of
-  ``mesh_cfg``. SIGTERM (a preempted VM) sets ``run.stop``: the step loop saves and returns."""
+  ``mesh_cfg``. SIGTERM (a preempted VM) sets ``run.stop``: the step loop saves and returns. On
+  several processes JAX's preemption notifier catches SIGTERM instead and ``run.should_stop``
+  agrees on the step (no Python handler: it would replace the notifier)."""
   run_dir.mkdir(parents=True, exist_ok=True)
   run = Run(run_dir, mesh, checkpoint, label=label, quiet=quiet,
             stop=stop_event or threading.Event())
   previous = None
-  if threading.current_thread() is threading.main_thread():
+  if threading.current_thread() is threading.main_thread() and not run._agree:
     previous = signal.signal(signal.SIGTERM, lambda *_: run.stop.set())
   try:
     with sharding.use_mesh(run.mesh, mesh_cfg.rules):
