@@ -183,7 +183,10 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
   checkpointer, writer, preempted = run.checkpointer, run.writer, run.stop
   progress = run.show_progress(steps, start)
   pending = None  # (step, metrics on device) of the step before the current one
-  window_start, window_steps, last = time.perf_counter(), 0, {}
+  # tokens/s and MFU over completed device work: the wall time between reading back two steps'
+  # metrics (each read waits for its step), over the steps completed in between -- checkpoints
+  # and evaluations inside a window count, compilation (before the first read) does not
+  window_start, window_step, last = 0.0, None, {}
   step, stopped_early, skipped = start, False, 0
 
   def guard_check(guard) -> None:
@@ -223,17 +226,17 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     return line + (f" MFU {m['mfu']:.1%}" if "mfu" in m else "")
 
   def log(done_step, done):
-    nonlocal window_start, window_steps, last
-    elapsed = time.perf_counter() - window_start
-    m = finalized(done)
-    if window_steps > 1 and tokens_per_step:
-      tps = tokens_per_step * (window_steps - 1) / elapsed
+    nonlocal window_start, window_step, last
+    m = finalized(done)  # waits until done_step completed on the device
+    now = time.perf_counter()
+    if window_step is not None and tokens_per_step and done_step > window_step:
+      tps = tokens_per_step * (done_step - window_step) / (now - window_start)
       m["tokens_per_second"] = tps
       if flops_per_step and peak_flops:
         m["mfu"] = flops_per_step * tps / tokens_per_step / peak_flops
     writer.write(done_step, m)
     last = m
-    window_start, window_steps = time.perf_counter(), 1
+    window_start, window_step = now, done_step
     progress.update(done_step, status(m))
 
   def save(force: bool = False) -> None:
@@ -246,7 +249,6 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
     batch = engine.batch(next(batches))
     engine.state, metrics = engine.train_step(engine.state, batch)
     step += 1
-    window_steps += 1
     if pending is not None:  # read last step's metrics: the device is already past them
       done_step, done = pending
       if done_step % log_every == 0 or done_step == start + 1:
