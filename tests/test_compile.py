@@ -125,7 +125,7 @@ def test_windowed_einsum_loops_are_counted_in_full():
   cfg = experiment_config("eurobert-2.1b-pretrain", [
       "model.num_layers=1", "model.scan_layers=false", "model.remat=none",
       "data.max_seq_length=512", "model.max_position_embeddings=512",
-      "data.max_predictions_per_seq=256", "train.batch_size=32"])
+      "data.max_predictions_per_seq=256", "train.batch_size=32", "data.tokenizer=corpus-bpe"])
   report = aot.compile_pretraining(cfg, "v5p-64")
   assert "without windowed einsums" in report["cost_basis"]
   assert 0.98 <= report["xla_over_analytic"] <= 1.1

@@ -39,6 +39,10 @@ SHIPPED_TOKENIZERS = {  # data.tokenizer names -> folders inside the package
 
 
 def load_tokenizer(cfg: DataConfig) -> Tokenizer:
+  if not cfg.tokenizer:  # the real-size pod presets: the user brings the vocabulary
+    raise sources.DataError("data.tokenizer is not set: point it at a tokenizer folder (tokenizer.json, "
+                    "e.g. the family's own from its Hugging Face checkpoint) or train one on "
+                    "your corpus: bertjax train-tokenizer FILES --kind bpe --vocab-size N --out DIR")
   if cfg.tokenizer in SHIPPED_TOKENIZERS:
     return Tokenizer.from_dir(sources.CORPUS_DIR / SHIPPED_TOKENIZERS[cfg.tokenizer])
   return Tokenizer.from_dir(cfg.tokenizer)
