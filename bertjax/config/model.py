@@ -92,7 +92,7 @@ class ModelConfig:
   classifier_norm: bool = False
   classifier_bias: bool = True
   classifier_dropout: float | None = None  # None -> hidden_dropout
-  attention_impl: Literal["auto", "einsum", "xla", "local", "flash", "splash"] = "auto"
+  attention_impl: Literal["auto", "einsum", "xla", "local", "flash", "splash", "cudnn"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"
   # How the layers run (not what they compute; parameters are stored per layer either way).

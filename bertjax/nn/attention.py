@@ -8,14 +8,19 @@ it needs. Implementations behind one switch:
   * ``local``: block-wise sliding-window attention for local layers (O(len x window) memory).
   * ``flash``: chunked online-softmax attention with its own backward pass (``nn/flash.py``):
     O(len) memory in training too; no dropout.
-  * ``auto``: on TPU ``splash``; elsewhere ``local`` for a window much shorter than the
-    sequence, ``flash`` from ``FLASH_MIN_LENGTH`` tokens, else ``xla`` -- or ``einsum`` whenever
-    attention dropout is active.
+  * ``cudnn``: cuDNN fused attention on NVIDIA GPUs (``nn/cudnn.py``): bf16/fp16, no local
+    window, no dropout; a case it does not take falls back to what ``auto`` picks otherwise.
+  * ``auto``: on TPU ``splash``; on GPU ``cudnn`` where it applies; elsewhere ``local`` for a
+    window much shorter than the sequence, ``flash`` from ``FLASH_MIN_LENGTH`` tokens, else
+    ``xla`` -- or ``einsum`` whenever attention dropout is active.
+``attention_paths()`` says which implementation ran for each one asked for (and why another did),
+as the model was traced; a fallback is also logged once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +28,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from bertjax.errors import UserError
-from bertjax.nn import splash
+from bertjax.nn import cudnn, splash
 from bertjax.nn.flash import flash_attention
 from bertjax.nn.layers import Dense, attention_scale, dropout, dtypes
 
@@ -133,6 +138,26 @@ def xla_attention(q, k, v, mask, *, scale):
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
 
 
+_PATHS: dict[str, set[str]] = {}  # attention_impl asked for -> what ran (and why, if another)
+
+
+def attention_paths() -> dict[str, str]:
+  """{attention_impl asked for: the implementations that ran (global and local layers may
+  differ), each with the reason when it is not the one asked for}, over the models traced in
+  this process."""
+  return {k: "; ".join(sorted(v)) for k, v in _PATHS.items()}
+
+
+def _ran(requested: str, impl: str, reason: str | None = None) -> None:
+  text = impl if reason is None else f"{impl} ({reason})"
+  seen = _PATHS.setdefault(requested, set())
+  if text not in seen:
+    seen.add(text)
+    if reason is not None and requested == "cudnn":
+      logging.getLogger("bertjax").warning("attention_impl=cudnn: %s ran instead: %s", impl,
+                                           reason)
+
+
 class Attention(nnx.Module):
   """Self-attention: query/key/value projections, an attention kernel, an output projection."""
 
@@ -159,7 +184,20 @@ class Attention(nnx.Module):
       q, k = rope(q), rope(k)
     t = x.shape[1]
     active_dropout = dropout_key is not None and self.dropout_rate > 0
-    impl = self.impl
+    impl, reason = self.impl, None
+    if impl in ("cudnn", "auto"):
+      # cuDNN where it applies (GPU, bf16/fp16, no window, no dropout); a shape cuDNN rejects
+      # when traced falls back too
+      reason = cudnn.unsupported(q, window=window, active_dropout=active_dropout)
+      if reason is None:
+        try:
+          out = cudnn.cudnn_attention(q, k, v, mask.dense(t, t), scale=self.scale)
+        except Exception as e:  # noqa: BLE001 -- cuDNN's own "not supported" errors vary
+          reason = f"cuDNN rejected it: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        else:
+          _ran(self.impl, "cudnn")
+          return self.out(checkpoint_name(out, "attention_out"))
+      impl = "auto"
     if impl == "auto":
       # TPU (the mesh's devices, compile-only ones too): the Pallas splash kernel; elsewhere
       # block-local when a window is much shorter than the sequence, chunked online softmax for
@@ -170,6 +208,7 @@ class Attention(nnx.Module):
         impl = "local"
       else:
         impl = ("einsum" if active_dropout else "flash" if t >= FLASH_MIN_LENGTH else "xla")
+    _ran(self.impl, impl, reason if self.impl == "cudnn" else None)
     if impl == "splash":
       if active_dropout:
         raise UserError("attention_impl=splash has no attention dropout; set "

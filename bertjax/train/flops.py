@@ -65,7 +65,8 @@ def step_flops_per_token(cfg: ExperimentConfig, teacher: ModelConfig | None = No
 
 
 class Chip(NamedTuple):
-  """A TPU chip as Cloud TPU publishes it: bf16 peak FLOP/s, HBM bytes and bytes/s."""
+  """An accelerator chip as its maker publishes it: dense bf16 peak FLOP/s, HBM bytes and
+  bytes/s."""
   name: str
   peak_flops: float
   hbm_bytes: float
@@ -82,13 +83,23 @@ CHIPS = {
     "TPU v5": Chip("v5p", 459e12, 95 * _GiB, 2765e9),
     "TPU v6 lite": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
     "TPU v6e": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
+    # NVIDIA datasheets: dense bf16 Tensor Core FLOP/s (half the "with sparsity" figure), HBM
+    # in their decimal GB and TB/s. device_kind is the CUDA device name.
+    "NVIDIA H100 PCIe": Chip("H100 PCIe", 756e12, 80e9, 2.0e12),
+    "NVIDIA H100": Chip("H100 SXM", 989e12, 80e9, 3.35e12),  # "NVIDIA H100 80GB HBM3"
+    "NVIDIA H200": Chip("H200", 989e12, 141e9, 4.8e12),
+    "NVIDIA A100-SXM4-40GB": Chip("A100 40GB", 312e12, 40e9, 1.555e12),
+    "NVIDIA A100-SXM4-80GB": Chip("A100 80GB", 312e12, 80e9, 2.039e12),
+    "NVIDIA A100 80GB PCIe": Chip("A100 80GB PCIe", 312e12, 80e9, 1.935e12),
+    "NVIDIA L4": Chip("L4", 121e12, 24e9, 0.3e12),
 }
 
 _measured: float | None = None
 
 
 def chip(device) -> Chip | None:
-  """The TPU chip of ``device`` (None off TPU): longest ``device_kind`` prefix wins."""
+  """The chip of ``device`` (None for a CPU or an unknown kind): longest ``device_kind`` prefix
+  wins."""
   for kind, spec in sorted(CHIPS.items(), key=lambda kv: -len(kv[0])):
     if device.device_kind.startswith(kind):
       return spec
@@ -96,8 +107,8 @@ def chip(device) -> Chip | None:
 
 
 def peak_flops_per_device(device=None) -> float:
-  """TPU: the published bf16 peak. Elsewhere: a measured f32 matmul peak of this host, split
-  over its local devices (fake CPU devices share the same cores)."""
+  """TPU or a known GPU: the published dense bf16 peak. Elsewhere: a measured f32 matmul peak
+  of this host, split over its local devices (fake CPU devices share the same cores)."""
   import jax
 
   spec = chip(device if device is not None else jax.devices()[0])
