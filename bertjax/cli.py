@@ -83,6 +83,24 @@ def _train_tokenizer(args) -> None:
   print(json.dumps({"tokenizer": str(out)}))
 
 
+# the commands that compile programs (and so use the persistent compilation cache)
+COMPILING = {"pretrain", "compile", "finetune", "evaluate", "predict", "embed", "fill-mask",
+             "doctor"}
+
+
+def _doctor(args) -> None:
+  from bertjax.environment import report
+
+  r = report()
+  if args.json:
+    print(json.dumps(r, indent=1))
+    return
+  for key, value in r.items():
+    if isinstance(value, dict):
+      value = ", ".join(f"{k} {v}" for k, v in value.items()) or "--"
+    print(f"{key:18} {value}")
+
+
 def _initialize_distributed(args) -> None:
   """``--distributed``: Cloud TPU VMs / SLURM (coordinator and process ids auto-detected), with
   SIGTERM agreement armed and a bounded wait on a dead process (``train/preemption.py``)."""
@@ -250,8 +268,15 @@ def _distributed_args(s) -> None:
                  "(default 100)")
 
 
+def _version() -> str:
+  from bertjax.environment import version
+
+  return version("bertjax") or "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = _Parser(prog="bertjax", description=__doc__)
+  p.add_argument("--version", action="version", version=f"bertjax {_version()}")
   sub = p.add_subparsers(dest="command", required=True)
 
   s = sub.add_parser("pretrain", help="pretrain (or resume) from a preset/YAML + key=value overrides")
@@ -349,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
   s.set_defaults(func=_plot)
 
+  s = sub.add_parser("doctor", help="versions, devices, processes, gs:// support and the "
+                     "compilation cache: what a bug report needs")
+  s.add_argument("--json", action="store_true", help="as JSON")
+  s.set_defaults(func=_doctor)
+
   s = sub.add_parser("train-tokenizer", help="train a vocabulary from text files")
   s.add_argument("files", nargs="+")
   s.add_argument("--out", required=True)
@@ -384,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     return e.code if isinstance(e.code, int) else 2
   from bertjax.errors import UserError
 
+  if args.command in COMPILING:  # a warm start: programs compiled once are read back
+    from bertjax.environment import use_compilation_cache
+
+    use_compilation_cache()
   with warnings.catch_warnings():  # the library's warnings as the CLI's own one-liners
     warnings.showwarning = lambda message, *_, **__: print(
         f"bertjax {args.command}{_process_tag()}: warning: {message}", file=sys.stderr,
