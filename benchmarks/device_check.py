@@ -18,8 +18,8 @@ device measures. JSON + markdown into --out.
   f. long     -- ModernBERT at 8k tokens vs 1k per attention implementation: time and peak
                  memory per token
 
-Each train step runs in its own process (a clean peak-memory counter, a per-case timeout) and a
-section that fails records its error instead of ending the check. On the lent GPU machine (no
+Each train step runs in its own process (a clean peak-memory counter, a per-case timeout; with
+--smoke all in one) and a section that fails records its error instead of ending the check. On the lent GPU machine (no
 package registry) carry the wheels ``benchmarks/device_wheels.sh`` prepares; docs: README,
 "A real accelerator". ``--smoke`` runs every section with tiny shapes on CPU in a few minutes.
 """
@@ -117,6 +117,7 @@ def run_case(case: dict) -> dict:
   from bertjax.train.flops import peak_flops, step_flops_per_token
   from bertjax.train.run import plan_mesh
 
+  attention_paths(clear=True)  # this case's paths only
   cfg = experiment_config("bert-demo", case["overrides"])
   cfg, _ = _with_vocab(cfg)
   mesh = plan_mesh(cfg.mesh, train_batch_size=cfg.train.batch_size)
@@ -180,18 +181,26 @@ def _with_vocab(cfg):
   return _resolve_model(cfg, tokenizer), tokenizer
 
 
-def in_subprocess(case: dict, timeout: float) -> dict:
-  """``run_case`` in a fresh process: its own peak-memory counter, a bounded time."""
+def in_subprocess(cases: list[dict], timeout: float) -> list[dict]:
+  """``run_case`` for each case in one fresh process (its own peak-memory counter, a bounded
+  time); --smoke runs all its cases in one process (a CPU has no memory counter to keep apart)."""
   try:
-    out = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run([sys.executable, __file__, "--case", json.dumps(cases)],
+                         capture_output=True, text=True, timeout=timeout * len(cases))
   except subprocess.TimeoutExpired:
-    return {"label": case["label"], "error": f"timed out after {timeout:.0f} s"}
-  lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-  if out.returncode or not lines:
+    return [{"label": c["label"], "error": f"timed out after {timeout:.0f} s"} for c in cases]
+  done = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+  if out.returncode or len(done) < len(cases):
     tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-    return {"label": case["label"], "error": f"exit {out.returncode}: {tail}"}
-  return json.loads(lines[-1])
+    done += [{"label": c["label"], "error": f"exit {out.returncode}: {tail}"}
+             for c in cases[len(done):]]
+  return done
+
+
+def measure(cases: list[dict], smoke: bool, timeout: float) -> list[dict]:
+  if smoke:
+    return in_subprocess(cases, timeout)
+  return [r for c in cases for r in in_subprocess([c], timeout)]
 
 
 # -- the sections -----------------------------------------------------------------------------
@@ -402,7 +411,8 @@ def main(argv=None) -> int:
   ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case, JSON out
   args = ap.parse_args(argv)
   if args.case:
-    print(json.dumps(run_case(json.loads(args.case))))
+    for case in json.loads(args.case):
+      print(json.dumps(run_case(case)), flush=True)
     return 0
   import jax
 
@@ -422,12 +432,12 @@ def main(argv=None) -> int:
     print(f"device_check: {name} took {seconds[name]:.0f} s", file=sys.stderr, flush=True)
 
   section("parity", lambda: parity(args.smoke))
-  section("steps", lambda: [in_subprocess(c, args.case_timeout) for c in step_cases(args.smoke)])
+  section("steps", lambda: measure(step_cases(args.smoke), args.smoke, args.case_timeout))
   consumed = max((r["tokens_per_s"] for r in sections.get("steps", [])
                   if "error" not in r and r["seq"] == (64 if args.smoke else 128)), default=None)
   section("input", lambda: input_pipeline(args.smoke, consumed))
   section("checkpoint", lambda: checkpoint(args.smoke))
-  section("long", lambda: [in_subprocess(c, args.case_timeout) for c in long_cases(args.smoke)])
+  section("long", lambda: measure(long_cases(args.smoke), args.smoke, args.case_timeout))
   for r in sections.get("long", []):
     if "error" not in r:
       r["us_per_token"] = round(r["step_ms"] * 1e3 / r["seq"], 3)

@@ -141,11 +141,14 @@ def xla_attention(q, k, v, mask, *, scale):
 _PATHS: dict[str, set[str]] = {}  # attention_impl asked for -> what ran (and why, if another)
 
 
-def attention_paths() -> dict[str, str]:
+def attention_paths(clear: bool = False) -> dict[str, str]:
   """{attention_impl asked for: the implementations that ran (global and local layers may
   differ), each with the reason when it is not the one asked for}, over the models traced in
-  this process."""
-  return {k: "; ".join(sorted(v)) for k, v in _PATHS.items()}
+  this process since the last ``clear``."""
+  paths = {k: "; ".join(sorted(v)) for k, v in _PATHS.items()}
+  if clear:
+    _PATHS.clear()
+  return paths
 
 
 def _ran(requested: str, impl: str, reason: str | None = None) -> None:
