@@ -113,7 +113,7 @@ def run_case(case: dict) -> dict:
   from bertjax.config import experiment_config
   from bertjax.data.pipeline import batch_spec
   from bertjax.nn.attention import attention_paths
-  from bertjax.train import pretrain
+  from bertjax.train import planning
   from bertjax.train.flops import peak_flops, step_flops_per_token
   from bertjax.train.run import plan_mesh
 
@@ -125,12 +125,12 @@ def run_case(case: dict) -> dict:
     shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
                         vocab_size=cfg.model.vocab_size)
     abstract = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
-    engine, _ = pretrain._plan_engine(cfg, abstract)
+    engine, _ = planning.plan_engine(cfg, abstract)
     t0 = time.perf_counter()
     compiled = engine.train_step.lower(engine.abstract_state(),
                                        engine.abstract_batch(shapes)).compile()
     compile_s = time.perf_counter() - t0
-    pretrain._init_state(cfg, engine, None)
+    planning.init_engine_state(cfg, engine, None)
     batch = engine.batch(synthetic_batch(shapes, cfg.model.vocab_size))
     state = engine.state
     for _ in range(2):  # warm-up
@@ -175,10 +175,10 @@ def _loss(engine, metrics) -> float:
 def _with_vocab(cfg):
   """The config with its tokenizer's vocabulary (no corpus needed)."""
   from bertjax.data.corpus import load_tokenizer
-  from bertjax.train.pretrain import _resolve_model
+  from bertjax.train.planning import resolve_model
 
   tokenizer = load_tokenizer(cfg.data)
-  return _resolve_model(cfg, tokenizer), tokenizer
+  return resolve_model(cfg, tokenizer), tokenizer
 
 
 def in_subprocess(cases: list[dict], timeout: float) -> list[dict]:
@@ -323,7 +323,7 @@ def checkpoint(smoke: bool) -> dict:
   from bertjax import sharding
   from bertjax.config import CheckpointConfig, experiment_config
   from bertjax.data.pipeline import batch_spec
-  from bertjax.train import pretrain
+  from bertjax.train import planning
   from bertjax.train.checkpointer import Checkpointer
   from bertjax.train.run import plan_mesh
 
@@ -335,9 +335,9 @@ def checkpoint(smoke: bool) -> dict:
   folder = Path(tempfile.mkdtemp()) / "checkpoints"
   with sharding.use_mesh(mesh, cfg.mesh.rules):
     shapes = batch_spec(cfg.data, batch_size=8, vocab_size=cfg.model.vocab_size)
-    engine, _ = pretrain._plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v)
+    engine, _ = planning.plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v)
                                             for k, v in shapes.items()})
-    pretrain._init_state(cfg, engine, None)
+    planning.init_engine_state(cfg, engine, None)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(engine.state))
     ckpt = Checkpointer(folder, CheckpointConfig())
     t = time.perf_counter()

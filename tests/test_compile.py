@@ -133,10 +133,10 @@ def test_windowed_einsum_loops_are_counted_in_full():
   with sharding.use_mesh(aot.compile_mesh(cfg, aot.topology_devices("v5p-64"), 1),
                          cfg.mesh.rules):  # as XLA costs the program that runs: loops once
     from bertjax.data.pipeline import batch_spec
-    from bertjax.train.pretrain import _plan_engine
+    from bertjax.train.planning import plan_engine
 
     shapes = batch_spec(cfg.data, batch_size=32, vocab_size=cfg.model.vocab_size)
-    engine, _ = _plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
+    engine, _ = plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
     compiled = engine.train_step.lower(engine.abstract_state(),
                                        engine.abstract_batch(shapes)).compile()
   assert aot.WINDOWED_EINSUM in compiled.as_text()

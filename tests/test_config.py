@@ -122,20 +122,20 @@ def test_every_pretraining_preset_builds_its_abstract_train_state(preset):
 
   from bertjax import sharding
   from bertjax.data.pipeline import batch_spec
-  from bertjax.train.pretrain import _plan_engine
+  from bertjax.train.planning import plan_engine
 
   cfg = experiment_config(preset)
   if cfg.objective == "distill":  # the student's shapes come from a teacher folder
-    from bertjax.train.pretrain import _distillation_config
+    from bertjax.train.planning import distillation_config
 
     with pytest.raises(ConfigError, match="distill.teacher"):
-      _distillation_config(cfg)
+      distillation_config(cfg)
     return
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   with sharding.use_mesh(mesh, cfg.mesh.rules):
     shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
                         vocab_size=cfg.model.vocab_size, sbo_max_targets=cfg.model.sbo_max_targets)
-    engine, _ = _plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
+    engine, _ = plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
   state = engine.abstract_state()
   params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
   slots = sum(math.prod(x.shape) for x in jax.tree.leaves(state.opt_state) if x.shape)

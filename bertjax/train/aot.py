@@ -3,8 +3,8 @@ from any machine -- no TPU, no data.
 
 With ``libtpu`` installed (``pip install 'bertjax[tpu]'``) a CPU-only process can describe a
 TPU slice (``jax.experimental.topologies``) and compile real programs for its compile-only
-devices. This module builds exactly the engine ``bertjax pretrain`` would (``pretrain
-._plan_engine``: same objective, batch inputs, gradient accumulation, mesh and rules) over such
+devices. This module builds exactly the engine ``bertjax pretrain`` would (``planning
+.plan_engine``: same objective, batch inputs, gradient accumulation, mesh and rules) over such
 devices, lowers the train and eval steps on abstract inputs and reads what XLA decided: memory
 per device, FLOPs, bytes accessed. Nothing is allocated or executed on any device.
 """
@@ -108,13 +108,13 @@ def compile_mesh(cfg: ExperimentConfig, devices: list, slices: int) -> jax.shard
 def _resolve_vocab(cfg: ExperimentConfig) -> tuple[ExperimentConfig, str]:
   """The tokenizer folder decides the vocabulary when it can be read, else ``model.*``."""
   from bertjax.data.corpus import load_tokenizer
-  from bertjax.train.pretrain import _resolve_model
+  from bertjax.train.planning import resolve_model
 
   try:
     tokenizer = load_tokenizer(cfg.data)
   except Exception:  # noqa: BLE001 -- any unreadable tokenizer: the config's vocabulary
     return cfg, f"model.vocab_size={cfg.model.vocab_size}"
-  return _resolve_model(cfg, tokenizer), f"{cfg.data.tokenizer} ({tokenizer.vocab_size} ids)"
+  return resolve_model(cfg, tokenizer), f"{cfg.data.tokenizer} ({tokenizer.vocab_size} ids)"
 
 
 def _per_device_bytes(abstract) -> int:
@@ -155,7 +155,7 @@ def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, flo
   groups of layers (ModernBERT: a global/local period; any leading single layer kept) and
   extend the per-group difference linearly to the real depth. Call under the mesh."""
   from bertjax.nn.encoder import plan_segments
-  from bertjax.train.pretrain import _plan_engine
+  from bertjax.train.planning import plan_engine
 
   m = cfg.model
   scanned = [seg for seg in plan_segments(m, scan=True) if seg.groups > 1]
@@ -168,7 +168,7 @@ def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, flo
     layers = lead + num_groups * period
     small = dataclasses.replace(m, num_layers=layers, scan_layers=False,
                                 num_hidden_groups=min(m.num_hidden_groups, layers))
-    engine, _ = _plan_engine(dataclasses.replace(cfg, model=small),
+    engine, _ = plan_engine(dataclasses.replace(cfg, model=small),
                              {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
     state = engine.abstract_state()
     return _costs(engine.train_step.lower(state, engine.abstract_batch(shapes)).compile(
@@ -186,10 +186,10 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
   here). ``unrolled_costs`` False: skip the two extra compiles that give a scanned step's FLOPs
   (the report then has memory only)."""
   from bertjax.objectives import check_objective
-  from bertjax.train.pretrain import _distillation_config, _plan_engine
+  from bertjax.train.planning import distillation_config, plan_engine
 
   if cfg.objective == "distill":
-    cfg = _distillation_config(cfg)
+    cfg = distillation_config(cfg)
   if vocab_size:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
     vocab_from = f"--vocab-size {vocab_size}"
@@ -203,7 +203,7 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
     shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
                         vocab_size=cfg.model.vocab_size,
                         sbo_max_targets=cfg.model.sbo_max_targets)
-    engine, _ = _plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
+    engine, _ = plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
     batch = engine.abstract_batch(shapes)
     state = engine.abstract_state()
     began = time.perf_counter()
