@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
 
-from bertjax import sharding, storage
+from bertjax import layout, sharding, storage
 from bertjax.config import ConfigError, ModelConfig, family_defaults, from_dict, load_yaml, to_dict
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.models import Model
@@ -56,13 +56,13 @@ def save_model_dir(dst: str | Path, model: Model, tokenizer: Tokenizer | None = 
   barrier = lambda name: multihost_utils.sync_global_devices(f"bertjax:save_model_dir:{name}")
   with storage.publish_dir(dst, overwrite=overwrite, primary=primary, barrier=barrier) as tmp:
     with ocp.StandardCheckpointer() as ckpt:
-      ckpt.save(tmp / "params", _nest(flat_params(model)))
-    barrier("params")
+      ckpt.save(tmp / layout.PARAMS, _nest(flat_params(model)))
+    barrier(layout.PARAMS)
     if primary:
-      storage.write_text(tmp / "config.yaml",
+      storage.write_text(tmp / layout.CONFIG,
                          yaml.safe_dump({"model": to_dict(model.config)}, sort_keys=False))
       if tokenizer is not None:
-        tokenizer.save(tmp / "tokenizer")
+        tokenizer.save(tmp / layout.TOKENIZER)
   return storage.absolute(dst)
 
 
@@ -70,15 +70,15 @@ def resolve_model_dir(path: str | Path) -> Path:
   """A model folder, or a pretraining run folder (its exported ``model/``). A folder on object
   storage must be complete (its commit marker)."""
   path = storage.as_path(path)
-  if not (path / "params").exists() and (path / "model" / "params").exists():
-    path = path / "model"
+  if not (path / layout.PARAMS).exists() and (path / layout.MODEL / layout.PARAMS).exists():
+    path = path / layout.MODEL
   storage.check_published(path, "model folder")
   return path
 
 
 def read_model_config(path: str | Path) -> ModelConfig:
   path = resolve_model_dir(path)
-  cfg_file = path / "config.yaml"
+  cfg_file = path / layout.CONFIG
   if not cfg_file.exists():
     raise ConfigError(f"{path} is not a bertjax model folder (no config.yaml)")
   data = load_yaml(cfg_file)
@@ -176,7 +176,7 @@ def read_param_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def _params_dir(path: str | Path) -> Path:
-  path = storage.absolute(resolve_model_dir(path) / "params")
+  path = storage.absolute(resolve_model_dir(path) / layout.PARAMS)
   if not path.is_dir():
     raise ConfigError(f"{path.parent} is not a bertjax model folder (no params/)")
   return path
@@ -188,7 +188,7 @@ def _unreadable(path: Path, e: Exception) -> ConfigError:
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer | None:
-  tok_dir = resolve_model_dir(path) / "tokenizer"
+  tok_dir = resolve_model_dir(path) / layout.TOKENIZER
   return Tokenizer.from_dir(tok_dir) if tok_dir.is_dir() else None
 
 

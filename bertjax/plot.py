@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bertjax import layout
 from bertjax.errors import UserError
 
 # panel title -> (split, which metric keys), in order
@@ -25,8 +26,8 @@ def read_metrics(run: str | Path) -> dict[str, list[dict]]:
   from bertjax.storage import as_path
 
   run = as_path(run)
-  files = ([run / "metrics.jsonl"] if (run / "metrics.jsonl").exists()
-      else sorted(run.glob("seed-*/metrics.jsonl")))
+  files = ([run / layout.METRICS] if (run / layout.METRICS).exists()
+      else sorted(run.glob(f"{layout.SEEDS}/{layout.METRICS}")))
   if not files:
     raise UserError(f"{run}: no metrics.jsonl (not a bertjax run folder?)")
   out = {}

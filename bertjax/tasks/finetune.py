@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bertjax import sharding, storage
+from bertjax import layout, sharding, storage
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
 from bertjax.data.buckets import LengthGroupedSampler
 from bertjax.data.tokenizer import Tokenizer
@@ -122,7 +122,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
                      allow_config_change=allow_config_change):
     for seed in cfg.train.seeds:
-      seed_dir = run_dir if len(cfg.train.seeds) == 1 else run_dir / f"seed-{seed}"
+      seed_dir = layout.seed_dir(run_dir, seed, len(cfg.train.seeds))
       runs[seed] = _train_one(cfg, seed, seed_dir, mesh, model_cfg, params, tokenizer, train, dev,
                               test, quiet=quiet, stop_event=stop_event)
       if runs[seed].get("preempted"):
@@ -136,7 +136,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
         summary[f"median_{split}"] = {k: statistics.median(r[split][k] for r in runs.values())
                                       for k in sorted(keys)}
     if jax.process_index() == 0:
-      write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+      write_text_atomic(run_dir / layout.SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_status(run_dir, "completed", step=runs[cfg.train.seeds[-1]]["steps"])
   return summary
 
@@ -151,7 +151,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
   # made for the traced total step count: every seed and run length shares one compile
   tx = functools.partial(make_optimizer, cfg.optim, num_blocks=model_cfg.num_blocks)
   lr = lambda step, total: schedule(cfg.optim, total)(step)
-  best_file, model_dir = run_dir / "best.json", run_dir / "model"
+  best_file, model_dir = run_dir / layout.BEST, run_dir / layout.MODEL
   objective = TaskObjective(cfg.task)
   buckets, per_token = task_buckets(cfg, train.lengths), per_token_keys(cfg.task)
   batches = train_iterator(train.arrays, tc.batch_size, seed, buckets=buckets,

@@ -13,7 +13,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from bertjax import sharding, storage
+from bertjax import layout, sharding, storage
 from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
                             finetune_config, from_dict)
 from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
@@ -83,8 +83,8 @@ def _task_of(model_cfg: ModelConfig) -> str:
 
 def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
            batch_size: int, need_labels: bool = False):
-  seeds = sorted(storage.as_path(model_path).glob("seed-*/model"))
-  if seeds and not (storage.as_path(model_path) / "model").exists():
+  seeds = sorted(storage.as_path(model_path).glob(f"{layout.SEEDS}/{layout.MODEL}"))
+  if seeds and not (storage.as_path(model_path) / layout.MODEL).exists():
     raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
                       f"{seeds[0].parent}")
   model_cfg = read_model_config(model_path)
@@ -111,7 +111,7 @@ def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: li
                           per_token=per_token_logits(cfg.task))
     logits = predictor(params, split.arrays)
   threshold = None
-  best = resolve_model_dir(model_path).parent / "best.json"
+  best = resolve_model_dir(model_path).parent / layout.BEST
   if best.exists():  # SQuAD 2.0: the threshold tuned on dev during fine-tuning
     threshold = json.loads(best.read_text()).get("metrics", {}).get("null_threshold")
   return evaluate_logits(split, logits, cfg, model_cfg.label_names, threshold=threshold)
@@ -122,7 +122,7 @@ def _run_config(model_path: str) -> dict | None:
   included), or None."""
   model_dir = resolve_model_dir(model_path)
   for folder in (model_dir.parent, model_dir.parent.parent):
-    f = folder / "config.yaml"
+    f = folder / layout.CONFIG
     if f.exists():
       data = yaml.safe_load(f.read_text()) or {}
       if isinstance(data, dict) and "task" in data and "model" not in data:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from bertjax import storage
+from bertjax import layout, storage
 
 
 class MetricWriter:
@@ -27,10 +27,10 @@ class MetricWriter:
     self._tb = None
     self._jsonl = None
     self._remote = storage.is_url(run_dir)
-    self._path = run_dir / "metrics.jsonl"
+    self._path = run_dir / layout.METRICS
     self._sync_seconds, self._synced = sync_seconds, time.monotonic()
     self._sync_at: int | None = None
-    self._events = run_dir / "events"
+    self._events = run_dir / layout.EVENTS
     if self.enabled:
       from tensorboardX import SummaryWriter
 

@@ -15,7 +15,7 @@ import functools
 import jax
 from flax import nnx
 
-from bertjax import sharding
+from bertjax import layout, sharding
 from bertjax.config import ConfigError, ExperimentConfig
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.model_dir import (check_vocab, read_model_config, read_param_shapes,
@@ -53,7 +53,7 @@ def distillation_config(cfg: ExperimentConfig) -> ExperimentConfig:
   if not cfg.distill.layers or max(cfg.distill.layers) >= teacher.num_layers:
     raise ConfigError(f"distill.layers={list(cfg.distill.layers)} must index the teacher's "
                       f"{teacher.num_layers} layers")
-  tokenizer = resolve_model_dir(cfg.distill.teacher) / "tokenizer"
+  tokenizer = resolve_model_dir(cfg.distill.teacher) / layout.TOKENIZER
   check_vocab(teacher.vocab_size, Tokenizer.from_dir(tokenizer).vocab_size,
               f"distill.teacher={cfg.distill.teacher}")
   return dataclasses.replace(cfg, model=student_config(teacher, cfg.distill.layers),

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bertjax import storage
+from bertjax import layout, storage
 from bertjax.config import ExperimentConfig, to_dict
 from bertjax.data.corpus import load_corpus
 from bertjax.data.pipeline import make_dataset, masking_spec
@@ -104,7 +104,7 @@ def pretrain(cfg: ExperimentConfig, *, devices=None, stop_event: threading.Event
     _write_eval(run, result.step, final_eval)
     baseline = _unigram_baseline(eval_local, corpus.unigram_token)
     baseline_loss = unigram_baseline_loss(eval_local, corpus.unigram)
-    model_dir = _export_model(run_dir / "model", engine.graphdef, engine.state.params,
+    model_dir = _export_model(run_dir / layout.MODEL, engine.graphdef, engine.state.params,
                               corpus.tokenizer)
     write_status(run_dir, "completed", step=result.step)
 

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import jax
 
-from bertjax import sharding
+from bertjax import layout, sharding
 from bertjax.config import CheckpointConfig, ConfigError, MeshConfig
 from bertjax.train import preemption
 from bertjax.train.checkpointer import Checkpointer
@@ -71,7 +71,7 @@ class Run:
 
   @functools.cached_property
   def checkpointer(self) -> Checkpointer:
-    return Checkpointer(self.dir / "checkpoints", self._checkpoint)
+    return Checkpointer(self.dir / layout.CHECKPOINTS, self._checkpoint)
 
   @functools.cached_property
   def writer(self) -> MetricWriter:

@@ -38,12 +38,12 @@ import jax
 import numpy as np
 import yaml
 
-from bertjax import storage
+from bertjax import layout, storage
 from bertjax.errors import RunDirError
 
-LOCK = "run.lock"
-HISTORY = "config-history.jsonl"
-STATUS = "status.json"
+LOCK = layout.LOCK
+HISTORY = layout.HISTORY
+STATUS = layout.STATUS
 STATES = ("running", "preempted", "completed", "failed")
 
 
@@ -239,7 +239,7 @@ def claim_run_dir(run_dir: Path, config: dict, *, resumable: Sequence[str],
     try:
       run_dir.mkdir(parents=True, exist_ok=True)
       lock = _acquire(run_dir)
-      saved = run_dir / "config.yaml"
+      saved = run_dir / layout.CONFIG
       if saved.exists():
         old = yaml.safe_load(saved.read_text()) or {}
         changes = config_changes(old, config)
@@ -280,7 +280,7 @@ def claim_run_dir(run_dir: Path, config: dict, *, resumable: Sequence[str],
 def drop_metrics_after(run_dir: Path, step: int) -> None:
   """Keep the ``metrics.jsonl`` rows up to ``step`` (where a run restarts); rows of an
   interrupted attempt past it would otherwise appear twice."""
-  path = run_dir / "metrics.jsonl"
+  path = run_dir / layout.METRICS
   if jax.process_index() != 0 or not path.exists():
     return
   kept, dropped = [], 0
