@@ -15,7 +15,7 @@ from bertjax import cli
 from bertjax.train.checkpointer import Checkpointer
 from bertjax.train.pretrain import pretrain
 
-from pretrain_helpers import config, overrides, train_losses
+from pretrain_helpers import config, overrides, saved_steps, train_losses
 
 TESTS = Path(__file__).resolve().parent
 
@@ -82,12 +82,7 @@ def test_interrupted_save_never_replaces_the_good_checkpoint(straight, corpus, t
 def test_keep_policies(corpus, tmp_path):
   pretrain(config(tmp_path, corpus, "train.steps=12", "checkpoint.every=2", "checkpoint.keep=2",
                   "checkpoint.keep_every=4"), quiet=True)
-  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  assert steps == [4, 8, 10, 12]  # newest 2, plus every 4th kept forever
-
-
-def saved_steps(run_dir) -> list[int]:
-  return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved_steps(tmp_path) == [4, 8, 10, 12]  # newest 2, plus every 4th kept forever
 
 
 def two_processes(run_dir, corpus, *overrides, **env):
@@ -122,7 +117,9 @@ def test_two_processes_agree_on_a_sigterm_to_one_and_equal_one_process(corpus, s
   first = two_processes(mp_run, corpus, MP_SIGTERM_AT="2", MP_STEP_SLEEP="0.3")
   assert [code for code, _, _ in first] == [EXIT_PREEMPTED] * 2, first
   stopped = {result["step"] for _, result, _ in first}
-  assert len(stopped) == 1 and 2 < stopped.pop() < 8, first
+  # one step for both: the step in flight when the notice came (2) or a later one -- how soon
+  # the notice reaches the service is timing, the agreement is not
+  assert len(stopped) == 1 and 2 <= stopped.pop() < 8, first
   saved = first[0][1]["step"]
   assert saved_steps(mp_run) == [saved]
   assert read_status(mp_run)["state"] == "preempted" and read_status(mp_run)["step"] == saved
