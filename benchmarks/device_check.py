@@ -27,6 +27,7 @@ package registry) carry the wheels ``benchmarks/device_wheels.sh`` prepares; doc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import lzma
 import os
@@ -109,23 +110,12 @@ def run_case(case: dict) -> dict:
   """Compile the pretraining step for ``case``, run it, and measure (in this process)."""
   import jax
 
-  from bertjax import sharding
-  from bertjax.config import experiment_config
-  from bertjax.data.pipeline import batch_spec
   from bertjax.nn.attention import attention_paths
   from bertjax.train import planning
   from bertjax.train.flops import peak_flops, step_flops_per_token
-  from bertjax.train.run import plan_mesh
 
   attention_paths(clear=True)  # this case's paths only
-  cfg = experiment_config("bert-demo", case["overrides"])
-  cfg, _ = _with_vocab(cfg)
-  mesh = plan_mesh(cfg.mesh, train_batch_size=cfg.train.batch_size)
-  with sharding.use_mesh(mesh, cfg.mesh.rules):
-    shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
-                        vocab_size=cfg.model.vocab_size)
-    abstract = {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()}
-    engine, _ = planning.plan_engine(cfg, abstract)
+  with engine_for(case["overrides"]) as (cfg, mesh, shapes, engine):
     t0 = time.perf_counter()
     compiled = engine.train_step.lower(engine.abstract_state(),
                                        engine.abstract_batch(shapes)).compile()
@@ -161,6 +151,28 @@ def run_case(case: dict) -> dict:
             "planned_bytes": planned, "measured_peak_bytes": measured,
             "measured_over_planned": (measured / planned) if planned and measured else None,
             "attention_paths": attention_paths()}
+
+
+@contextlib.contextmanager
+def engine_for(overrides: list[str]):
+  """(config, mesh, batch shapes, engine) for a bert-demo config with ``overrides`` and its
+  tokenizer's vocabulary, the mesh active inside; the engine's state is not initialised."""
+  import jax
+
+  from bertjax import sharding
+  from bertjax.config import experiment_config
+  from bertjax.data.pipeline import batch_spec
+  from bertjax.train import planning
+  from bertjax.train.run import plan_mesh
+
+  cfg, _ = _with_vocab(experiment_config("bert-demo", overrides))
+  mesh = plan_mesh(cfg.mesh, train_batch_size=cfg.train.batch_size)
+  with sharding.use_mesh(mesh, cfg.mesh.rules):
+    shapes = batch_spec(cfg.data, batch_size=cfg.train.batch_size,
+                        vocab_size=cfg.model.vocab_size)
+    engine, _ = planning.plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v)
+                                           for k, v in shapes.items()})
+    yield cfg, mesh, shapes, engine
 
 
 def _loss(engine, metrics) -> float:
@@ -320,23 +332,13 @@ def checkpoint(smoke: bool) -> dict:
   """(e) Orbax save + restore of a BERT(-large) train state, seconds and GB/s."""
   import jax
 
-  from bertjax import sharding
-  from bertjax.config import CheckpointConfig, experiment_config
-  from bertjax.data.pipeline import batch_spec
+  from bertjax.config import CheckpointConfig
   from bertjax.train import planning
   from bertjax.train.checkpointer import Checkpointer
-  from bertjax.train.run import plan_mesh
 
-  cfg = experiment_config("bert-demo", [f"model.preset={'bert-tiny' if smoke else 'bert-large'}",
-                                        "data.tokenizer=bert-base-uncased",
-                                        "train.batch_size=8"])
-  cfg, _ = _with_vocab(cfg)
-  mesh = plan_mesh(cfg.mesh, train_batch_size=cfg.train.batch_size)
   folder = Path(tempfile.mkdtemp()) / "checkpoints"
-  with sharding.use_mesh(mesh, cfg.mesh.rules):
-    shapes = batch_spec(cfg.data, batch_size=8, vocab_size=cfg.model.vocab_size)
-    engine, _ = planning.plan_engine(cfg, {k: jax.ShapeDtypeStruct(*v)
-                                            for k, v in shapes.items()})
+  with engine_for([f"model.preset={'bert-tiny' if smoke else 'bert-large'}",
+                "data.tokenizer=bert-base-uncased", "train.batch_size=8"]) as (cfg, _, _, engine):
     planning.init_engine_state(cfg, engine, None)
     nbytes = sum(x.nbytes for x in jax.tree.leaves(engine.state))
     ckpt = Checkpointer(folder, CheckpointConfig())

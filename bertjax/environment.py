@@ -68,7 +68,7 @@ def report() -> dict:
   return {
       "python": f"{platform.python_version()} ({sys.executable})",
       "platform": platform.platform(),
-      "packages": {p: version(p) for p in PACKAGES if version(p) is not None},
+      "packages": {p: v for p in PACKAGES if (v := version(p)) is not None},
       "backend": jax.default_backend(),
       "devices": {"count": jax.device_count(), "local": jax.local_device_count(),
                   "kinds": kinds},

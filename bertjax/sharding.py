@@ -215,6 +215,13 @@ def active_mesh() -> tuple[Mesh, Any] | None:
   return _ACTIVE.get()
 
 
+def platform() -> str:
+  """Where the code being traced runs: the active mesh's devices decide (compile-only TPU
+  devices from ``jax.experimental.topologies`` included), else the default backend."""
+  active = _ACTIVE.get()
+  return (active[0].devices.flat[0] if active is not None else jax.devices()[0]).platform
+
+
 def layout(mesh: Mesh | None = None) -> tuple[Mesh, Any]:
   """(mesh, rules): ``mesh`` (the active one if None) with the rules ``use_mesh`` bound to it."""
   active = _ACTIVE.get()

@@ -33,6 +33,11 @@ def config(run_dir: Path, corpus: Path, *extra: str):
   return experiment_config(None, overrides(run_dir, corpus, *extra))
 
 
+def saved_steps(run_dir: Path) -> list[int]:
+  """The steps of the checkpoints in a run folder."""
+  return sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def train_losses(run_dir: Path) -> dict[int, float]:
   out = {}
   for line in (run_dir / "metrics.jsonl").read_text().splitlines():

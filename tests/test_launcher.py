@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain_helpers import overrides
+from pretrain_helpers import overrides, saved_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fake_gcloud.py"
@@ -183,7 +183,7 @@ def test_spot_preemption_mid_run_resumes_to_completed(cloud, wheel, books, tmp_p
   steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
            if json.loads(line).get("split") == "train"]
   assert steps == list(range(1, 31))  # one history through two stops and a new slice
-  saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+  saved = saved_steps(run_dir)
   assert saved[-1] == 30 and 1 <= saved[-2] < 30  # (checkpoint.keep: the newest two)
   log = (cloud.home() / "bertjax" / "logs" / "current.log").read_text()  # the new VM's run
   assert f"pretrain --distributed run_dir={run_dir}" in log and "step 30/30" in log

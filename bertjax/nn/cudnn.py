@@ -20,17 +20,9 @@ import jax.numpy as jnp
 from bertjax import sharding
 
 
-def on_gpu() -> bool:
-  """Whether the attention runs on GPUs: the active mesh's devices decide, else the default
-  backend."""
-  active = sharding.active_mesh()
-  device = active[0].devices.flat[0] if active is not None else jax.devices()[0]
-  return device.platform == "gpu"
-
-
 def unsupported(q: jax.Array, *, window: int | None, active_dropout: bool) -> str | None:
   """Why the cuDNN path cannot run this call (None: it can)."""
-  if not on_gpu():
+  if sharding.platform() != "gpu":
     return "not on a GPU"
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     return f"cuDNN fused attention takes bf16/fp16, the compute dtype is {q.dtype}"

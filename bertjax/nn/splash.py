@@ -17,11 +17,8 @@ from bertjax import sharding
 
 
 def on_tpu() -> bool:
-  """Whether the attention runs on TPUs: the active mesh's devices decide (compile-only TPU
-  devices from ``jax.experimental.topologies`` included), else the default backend."""
-  active = sharding.active_mesh()
-  device = active[0].devices.flat[0] if active is not None else jax.devices()[0]
-  return device.platform == "tpu"
+  """Whether the attention runs on TPUs (``sharding.platform``)."""
+  return sharding.platform() == "tpu"
 
 
 def supported(seq_len: int) -> bool:

@@ -169,7 +169,7 @@ def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, flo
     small = dataclasses.replace(m, num_layers=layers, scan_layers=False,
                                 num_hidden_groups=min(m.num_hidden_groups, layers))
     engine, _ = plan_engine(dataclasses.replace(cfg, model=small),
-                             {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
+                            {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
     state = engine.abstract_state()
     return _costs(engine.train_step.lower(state, engine.abstract_batch(shapes)).compile(
         compiler_options=COST_COMPILER_OPTIONS))

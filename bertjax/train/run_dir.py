@@ -41,9 +41,6 @@ import yaml
 from bertjax import layout, storage
 from bertjax.errors import RunDirError
 
-LOCK = layout.LOCK
-HISTORY = layout.HISTORY
-STATUS = layout.STATUS
 STATES = ("running", "preempted", "completed", "failed")
 
 
@@ -59,11 +56,11 @@ def write_status(run_dir: Path, state: str, *, step: int | None = None,
             "host": socket.gethostname(), "pid": os.getpid(), **extra}
   if error is not None:
     status["error"] = error
-  write_text_atomic(run_dir / STATUS, json.dumps(status) + "\n")
+  write_text_atomic(run_dir / layout.STATUS, json.dumps(status) + "\n")
 
 
 def read_status(run_dir: Path) -> dict | None:
-  path = storage.as_path(run_dir) / STATUS
+  path = storage.as_path(run_dir) / layout.STATUS
   return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -142,7 +139,7 @@ def _create_exclusive(path: Path, me: dict) -> bool:
 
 
 def _acquire(run_dir: Path) -> Path:
-  path = run_dir / LOCK
+  path = run_dir / layout.LOCK
   now = time.time()
   me = {"host": socket.gethostname(), "pid": os.getpid(), "started": now, "heartbeat": now,
         "token": uuid.uuid4().hex}
@@ -224,7 +221,7 @@ def _resumable(key: str, resumable: Sequence[str]) -> bool:
 def _record(run_dir: Path, changes: dict, forced: bool) -> None:
   entry = {"time": time.time(), "accepted": "allowed explicitly" if forced else "resumable",
            "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()}}
-  storage.append_text(run_dir / HISTORY, json.dumps(entry) + "\n")
+  storage.append_text(run_dir / layout.HISTORY, json.dumps(entry) + "\n")
 
 
 @contextlib.contextmanager
