@@ -1,4 +1,5 @@
-"""Every `bertjax ...` command in the README's shell blocks parses as the CLI has it, its
+"""Every `bertjax ...` command in the shell blocks of the README and of docs/*.md (illustrative
+blocks included: those that need a cloud and do not run in tests/test_docs.py) parses as the CLI has it, its
 preset and key=value overrides load into a config (a renamed key or a bad value in the docs
 fails here), and every word zsh would glob (`[`, `]`, `*`, `?`) is quoted. The blocks are read
 with markdown-it-py (rich's own Markdown parser); running them is the work of the tests that
@@ -14,14 +15,16 @@ from markdown_it import MarkdownIt
 from bertjax.cli import _preset_and_overrides, parse_args
 from bertjax.config import experiment_config, finetune_config
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 OPERATORS = {";", "&&", "||", "|", "&", "(", ")", ";;"}
 
 
 def shell_lines() -> list[str]:
-  """The README's bash/sh/shell blocks as logical lines (continuations joined, comments cut)."""
+  """The pages' bash/sh/shell blocks as logical lines (continuations joined, comments cut)."""
   out = []
-  for token in MarkdownIt().parse(README.read_text()):
+  tokens = [t for page in PAGES for t in MarkdownIt().parse(page.read_text())]
+  for token in tokens:
     if token.type == "fence" and token.info.strip() in ("bash", "sh", "shell", "console", ""):
       text = token.content.replace("\\\n", " ")
       for line in text.splitlines():
@@ -36,7 +39,7 @@ def shell_lines() -> list[str]:
 
 
 def commands() -> list[tuple[str, list[str]]]:
-  """(the README line, the argv after each `bertjax` word it runs)."""
+  """(the line, the argv after each `bertjax` word it runs)."""
   found = []
   for line in shell_lines():
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
@@ -57,7 +60,7 @@ def commands() -> list[tuple[str, list[str]]]:
 COMMANDS = commands()
 
 
-def test_the_readme_shows_commands():
+def test_the_docs_show_commands():
   assert len(COMMANDS) >= 20
   assert {argv[0] for _, argv in COMMANDS} >= {"pretrain", "finetune", "compile", "prepare-data",
                                                "embed", "import-hf", "evaluate", "predict"}
@@ -66,6 +69,9 @@ def test_the_readme_shows_commands():
 @pytest.mark.parametrize("line,argv", COMMANDS, ids=[f"{i}-{a[0]}" for i, (_, a) in
                                                      enumerate(COMMANDS)])
 def test_a_readme_command_parses_and_loads(line, argv):
+  if argv == ["--version"]:
+    pytest.raises(SystemExit, parse_args, argv)  # prints the version and exits 0
+    return
   args = parse_args(argv)  # a usage error exits: the docs drifted from the CLI
   if args.command in ("pretrain", "compile", "prepare-data"):
     preset, overrides = _preset_and_overrides(args.args)
