@@ -49,14 +49,22 @@ def _embed(args) -> None:
   if args.output and not args.output.endswith((".npy", ".npz", ".jsonl")):
     raise UserError(f"--output {args.output}: name it .npy (vectors), .jsonl (one object per "
                     "text) or .npz (--pooling none)")
+  if args.pooling == "none" and args.normalize:
+    raise UserError("embed: --normalize needs pooled vectors, not --pooling none")
   if args.pooling == "none" and args.output and not args.output.endswith(".npz"):
     raise UserError(f"--output {args.output}: --pooling none writes an .npz (embeddings "
                     "[n, len, hidden] and mask [n, len]); name it .npz")
   if args.input:
     inference.check_text_file(args.input, args.field)  # a missing file or field: before loading
   model, tokenizer = _load_for_inference(args.checkpoint)
-  embedder = inference.Embedder(model, tokenizer, pooling=args.pooling, layer=args.layer,
-                                max_length=args.max_length, batch_size=args.batch_size)
+  # a sentence encoder (trained here, or a sentence-transformers import) embeds as its authors
+  # defined it unless --pooling / --normalize say otherwise
+  pooling = args.pooling or model.config.sentence_pooling or "mean"
+  normalize = args.normalize if args.normalize is not None else (
+      args.pooling is None and model.config.sentence_normalize)
+  embedder = inference.Embedder(model, tokenizer, pooling=pooling, layer=args.layer,
+                                max_length=args.max_length, batch_size=args.batch_size,
+                                normalize=normalize)
   texts = (lambda: inference.read_texts(args.input, args.field)) if args.input else \
       (lambda: iter(args.text))
   if args.output:
@@ -355,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "a text file (one text per line); gs:// too")
   s.add_argument("--field", default="text", help="the JSONL field holding the text")
   s.add_argument("--batch-size", type=_positive, default=32)
-  s.add_argument("--pooling", choices=["cls", "mean", "none"], default="mean")
+  s.add_argument("--pooling", choices=["cls", "mean", "none"], default=None,
+                 help="default: the model's own (a sentence encoder's), else mean")
+  s.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                 help="unit-length vectors (default: as the model's own pooling has it)")
   s.add_argument("--layer", type=int, default=-1, help="hidden state index (0 = embeddings)")
   s.add_argument("--max-length", type=_positive, default=None)
   s.add_argument("--output", help="write .npy ([n, hidden], input order), .jsonl ({text, "

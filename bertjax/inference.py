@@ -58,28 +58,34 @@ EMBED_BUCKETS = (tuple(range(8, 129, 8)) + tuple(range(160, 513, 32))
 POOLINGS = ("cls", "mean", "none")
 
 
-def _pooled(graphdef, pooling: str, layer: int, state, input_ids, padding_mask):
+def _pooled(graphdef, pooling: str, layer: int, normalize: bool, state, input_ids, padding_mask):
   """The encoder only (no heads), one hidden state, pooled on the device."""
   model = nnx.merge(graphdef, state)
   out = model.encoder(input_ids, token_type_ids=jnp.zeros_like(input_ids),
                       padding_mask=padding_mask, output_hidden_states=layer != -1)
   h = (out.last_hidden_state if layer == -1 else out.hidden_states[layer]).astype(jnp.float32)
+  if pooling == "none":
+    return h
   if pooling == "cls":
-    return h[:, 0]
-  if pooling == "mean":
+    v = h[:, 0]
+  else:
     m = padding_mask[..., None].astype(jnp.float32)
-    return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-  return h
+    v = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+  if normalize:
+    v = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+  return v
 
 
 class Embedder:
   """Texts -> vectors, any number of them: each block of texts is tokenized in one batched call,
   sorted by length and cut into batches of ``batch_size`` rows, each padded only to its length
   bucket (one compile per bucket, reused for every later batch); results come back in input
-  order. ``pooling='none'`` gives one ``[len, hidden]`` array per text."""
+  order. ``pooling='none'`` gives one ``[len, hidden]`` array per text; ``normalize`` scales
+  pooled vectors to unit length (sentence-transformers' Normalize module)."""
 
   def __init__(self, model: Model, tokenizer: Tokenizer, *, pooling: str = "mean",
-               layer: int = -1, max_length: int | None = None, batch_size: int = 32):
+               layer: int = -1, max_length: int | None = None, batch_size: int = 32,
+               normalize: bool = False):
     cfg = model.config
     if pooling not in POOLINGS:
       raise UserError(f"unknown pooling {pooling!r}; use cls, mean or none")
@@ -94,7 +100,7 @@ class Embedder:
     self.hidden_size = cfg.hidden_size
     graphdef, self.state = nnx.split(model)
     layer = layer % states if layer != -1 else -1
-    self.fn = jax.jit(functools.partial(_pooled, graphdef, pooling, layer))
+    self.fn = jax.jit(functools.partial(_pooled, graphdef, pooling, layer, normalize))
 
   def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
     """[CLS] ids [SEP] per text, truncated to max_length (the template's single-segment form)."""

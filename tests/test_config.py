@@ -151,7 +151,8 @@ def test_every_pretraining_preset_builds_its_abstract_train_state(preset):
 @pytest.mark.parametrize("preset", TASKS)
 def test_every_task_preset_resolves(preset):
   cfg = finetune_config(preset)
-  assert cfg.task in ("classification", "multi_label", "regression", "token_classification", "qa")
+  assert cfg.task in ("classification", "multi_label", "regression", "token_classification", "qa",
+                      "sentence_embedding")
   assert cfg.metric and cfg.train.seeds
 
 

@@ -67,9 +67,9 @@ def test_streamed_file_embeddings_equal_transformers_in_input_order(minilm, tmp_
   jsonl, lines = tmp_path / "in.jsonl", tmp_path / "in.txt"
   jsonl.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)))
   lines.write_text("".join(t + "\n" for t in texts))
-  assert cli.main(["embed", str(minilm), "--input", str(jsonl), "--batch-size", "16",
+  assert cli.main(["embed", str(minilm), "--input", str(jsonl), "--batch-size", "16", "--pooling", "mean",
                    "--output", str(tmp_path / "a.npy")]) == 0
-  assert cli.main(["embed", str(minilm), "--input", str(lines), "--batch-size", "8",
+  assert cli.main(["embed", str(minilm), "--input", str(lines), "--batch-size", "8", "--pooling", "mean",
                    "--output", str(tmp_path / "b.jsonl")]) == 0
   ours = np.load(tmp_path / "a.npy")
   rows = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
@@ -91,7 +91,7 @@ def test_embed_reads_another_field_and_truncates(minilm, tmp_path):
            "the river", "houses of the town by the river in the old country side"]
   src = tmp_path / "in.jsonl"
   src.write_text("".join(json.dumps({"body": t, "text": "ignored"}) + "\n" for t in texts))
-  assert cli.main(["embed", str(minilm), "--input", str(src), "--field", "body",
+  assert cli.main(["embed", str(minilm), "--input", str(src), "--field", "body", "--pooling", "mean",
                    "--max-length", "6", "--output", str(tmp_path / "e.npy")]) == 0
   ours = np.load(tmp_path / "e.npy")
   tok = T.AutoTokenizer.from_pretrained(minilm_dir())

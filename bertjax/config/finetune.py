@@ -14,16 +14,19 @@ from bertjax.config.schema import (CheckpointConfig, MeshConfig, OptimConfig, ch
                                    check_microbatches)
 from bertjax.errors import ConfigError
 
-TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa"]
+TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa",
+                   "sentence_embedding"]
 
 # The dev metric that picks the best checkpoint, per task (overridable with train.metric).
 MAIN_METRIC = {"classification": "accuracy", "multi_label": "f1_micro", "regression": "pearson",
-               "token_classification": "f1", "qa": "f1"}
+               "token_classification": "f1", "qa": "f1", "sentence_embedding": "recall_at_1"}
 METRICS = {"classification": ("accuracy", "f1", "f1_macro", "mcc"),
            "multi_label": ("f1_micro", "f1_macro", "accuracy"),
            "regression": ("pearson", "spearman", "mse"),
            "token_classification": ("f1", "precision", "recall", "accuracy"),
-           "qa": ("f1", "exact")}
+           "qa": ("f1", "exact"),
+           # retrieval of each dev anchor's positive among all dev positives (tasks/retrieval.py)
+           "sentence_embedding": ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,26 @@ class QaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+  """``task: sentence_embedding``: contrastive training with in-batch negatives
+  (objectives/contrastive.py; sentence-transformers' MultipleNegativesRankingLoss)."""
+  pooling: Literal["mean", "cls"] = "mean"
+  normalize: bool = True  # unit-length vectors out of `embed` and the exported model
+  scale: float = 20.0  # cosine similarity x scale (= 1 / temperature)
+  symmetric: bool = False  # + each positive against every anchor (MNSymmetricRankingLoss)
+  # GradCache: embed the batch in chunks of this many rows, recomputing each chunk's activations
+  # in the backward pass; the loss still uses every negative of the batch (0 = off)
+  chunk: int = 0
+  anchor_field: str = "anchor"
+  positive_field: str = "positive"
+  negative_field: str = "negative"  # optional: a hard negative per row when the field is there
+
+  def __post_init__(self):
+    if self.scale <= 0 or self.chunk < 0:
+      raise ConfigError("embedding.scale must be positive and embedding.chunk >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class FinetuneTrainConfig:
   epochs: float = 3.0
   batch_size: int = 32
@@ -127,12 +150,20 @@ class FinetuneConfig:
                                    weight_decay=0.01, eps=1e-8)
   train: FinetuneTrainConfig = FinetuneTrainConfig()
   qa: QaConfig = QaConfig()
+  embedding: EmbeddingConfig = EmbeddingConfig()
   checkpoint: CheckpointConfig = CheckpointConfig(every=0, keep=1)
   mesh: MeshConfig = MeshConfig()
 
   def __post_init__(self):
     if not self.init_from:
       raise ConfigError("init_from is required: a bertjax model folder or a transformers folder")
+    if self.task == "sentence_embedding":
+      if self.train.grad_accum_steps != 1:
+        raise ConfigError("task=sentence_embedding: train.grad_accum_steps would split the "
+                          "in-batch negatives; use embedding.chunk (cached gradients) instead")
+      if self.embedding.chunk and self.train.batch_size % self.embedding.chunk:
+        raise ConfigError(f"embedding.chunk={self.embedding.chunk} must divide "
+                          f"train.batch_size={self.train.batch_size}")
     if self.metric not in METRICS[self.task]:
       raise ConfigError(f"train.metric={self.metric!r} is not a {self.task} metric; choose from "
                         f"{', '.join(METRICS[self.task])}")

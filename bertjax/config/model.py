@@ -92,6 +92,11 @@ class ModelConfig:
   classifier_norm: bool = False
   classifier_bias: bool = True
   classifier_dropout: float | None = None  # None -> hidden_dropout
+  # A sentence-embedding model (trained with task=sentence_embedding, or imported from a
+  # sentence-transformers folder): how `embed` pools it by default and whether it normalises;
+  # export-hf writes the matching sentence-transformers modules. "" = not one.
+  sentence_pooling: Literal["", "mean", "cls"] = ""
+  sentence_normalize: bool = False
   attention_impl: Literal["auto", "einsum", "xla", "local", "flash", "splash", "cudnn"] = "auto"
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; params stay float32
   param_dtype: Literal["float32", "bfloat16"] = "float32"

@@ -22,6 +22,7 @@ from bertjax.errors import UserError
 from bertjax.interop.adapter import task_config_from_hf, task_config_to_hf
 from bertjax.interop.names import Part
 from bertjax.interop.registry import adapter_for_model_type, get_adapter
+from bertjax.interop.sentence_transformers import read_modules, write_modules
 from bertjax.models import Model
 from bertjax.params import flat_params, flat_shapes
 
@@ -138,6 +139,7 @@ def load_hf(src: str | Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
                           if h in adapter.head_keys and adapter.head_keys[h] in state)
   fields.update(task)
   fields["pooler"] = adapter.head_keys.get("pooler") in state
+  fields.update(read_modules(src) or {})  # a sentence-transformers folder: its pooling
   word_key = adapter.weight_names(from_dict(ModelConfig, fields))["encoder.embeddings.word.embedding"].hf
   if adapter.decoder_key in state and fields["tie_word_embeddings"]:
     if word_key in state and np.array_equal(state[adapter.decoder_key], state[word_key]):
@@ -225,6 +227,9 @@ def save_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = No
       storage.copy_file(local / "model.safetensors", dst / "model.safetensors")
   if tokenizer_dir is not None:
     copy_tokenizer_files(storage.as_path(tokenizer_dir), dst)
+  if cfg.sentence_pooling:  # a sentence encoder: a sentence-transformers folder too
+    write_modules(dst, cfg.hidden_size, cfg.sentence_pooling, cfg.sentence_normalize,
+                  min(512, cfg.max_position_embeddings - cfg.position_offset))
   # config.json last: a folder without it is not a transformers folder to any reader
   storage.write_text(dst / "config.json", json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
   return dst

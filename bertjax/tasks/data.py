@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import grain
+import jax
 import numpy as np
 
 from bertjax.config import FinetuneConfig
-from bertjax.data.buckets import choose_buckets
+from bertjax.data.buckets import LengthGroupedSampler, choose_buckets
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.tasks import metrics as M
 from bertjax.tasks.features import sequence_features, token_features, word_predictions
@@ -136,3 +138,30 @@ def evaluate_logits(split: SplitData, logits: np.ndarray, cfg: FinetuneConfig,
   metrics = (M.classification_metrics(logits[labelled], gold[labelled], labels)
              if labelled.all() else {})
   return metrics, preds
+
+
+class _TaskDataset:
+  """(epoch, index, bucket) -> one training row, its per-token arrays cut to the bucket;
+  picklable for grain."""
+
+  def __init__(self, arrays: dict[str, np.ndarray], per_token: tuple[str, ...]):
+    self.arrays, self.per_token = arrays, per_token
+
+  def __call__(self, item):
+    _, index, bucket = item
+    return {k: v[index, :bucket] if k in self.per_token else v[index]
+            for k, v in self.arrays.items()}
+
+
+def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                   buckets: tuple[int, ...], per_token: tuple[str, ...], group: bool = True):
+  """Epoch-shuffled batches of this process's rows, rows of similar length together and each
+  batch padded to its bucket (grain; the state goes into checkpoints)."""
+  local = batch_size // jax.process_count()
+  lengths = arrays["padding_mask"].sum(1)
+  sampler = LengthGroupedSampler(lengths, seed, buckets, group=group, local_batch=local,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  ds = grain.MapDataset.source(sampler).map(_TaskDataset(arrays, per_token)).batch(
+      local, drop_remainder=True)
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))

@@ -19,24 +19,22 @@ import threading
 import time
 from pathlib import Path
 
-import grain
 import jax
-import numpy as np
 from flax import nnx
 
 from bertjax import layout, sharding, storage
 from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
-from bertjax.data.buckets import LengthGroupedSampler
 from bertjax.data.tokenizer import Tokenizer
-from bertjax.model_dir import check_vocab, load_model_dir, restore_params, save_model_dir
+from bertjax.model_dir import check_vocab, load_model_dir, save_model_dir
 from bertjax.models import Model
 from bertjax.objectives.finetune import TaskObjective
-from bertjax.params import leaf_name
 from bertjax.tasks.data import (SplitData, encode, evaluate_logits, load_split, per_token_keys,
-                                per_token_logits, task_buckets)
+                                per_token_logits, task_buckets, train_iterator)
+from bertjax.tasks.embedding import finetune_embeddings
 from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
 from bertjax.tasks.serve import Predictor
-from bertjax.tasks.start import initial_params, load_pretrained, task_model_config
+from bertjax.tasks.start import (initial_params, load_pretrained, pretrained_values,
+                                 task_model_config)
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
@@ -49,44 +47,6 @@ RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_e
              "train.max_consecutive_skips", "checkpoint", "mesh")
 
 
-class _TaskDataset:
-  """(epoch, index, bucket) -> one training row, its per-token arrays cut to the bucket;
-  picklable for grain."""
-
-  def __init__(self, arrays: dict[str, np.ndarray], per_token: tuple[str, ...]):
-    self.arrays, self.per_token = arrays, per_token
-
-  def __call__(self, item):
-    _, index, bucket = item
-    return {k: v[index, :bucket] if k in self.per_token else v[index]
-            for k, v in self.arrays.items()}
-
-
-def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
-                   buckets: tuple[int, ...], per_token: tuple[str, ...], group: bool = True):
-  """Epoch-shuffled batches of this process's rows, rows of similar length together and each
-  batch padded to its bucket (grain; the state goes into checkpoints)."""
-  local = batch_size // jax.process_count()
-  lengths = arrays["padding_mask"].sum(1)
-  sampler = LengthGroupedSampler(lengths, seed, buckets, group=group, local_batch=local,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
-  ds = grain.MapDataset.source(sampler).map(_TaskDataset(arrays, per_token)).batch(
-      local, drop_remainder=True)
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
-
-
-def _pretrained_values(init_from: str, params: dict, engine) -> dict:
-  """The starting parameters by name: a bertjax folder's read straight into the engine's
-  sharded layout (each process its own shards); a transformers folder's host arrays as they
-  are."""
-  if not any(isinstance(v, jax.ShapeDtypeStruct) for v in params.values()):
-    return params
-  state = restore_params(init_from, engine.abstract.params, only=set(params))
-  leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
-  return {leaf_name(p): v.get_value() for p, v in leaves if leaf_name(p) in params}
-
-
 def _better(metric: str, new: float, old: float | None) -> bool:
   lower_is_better = metric == "mse"
   return old is None or (new < old if lower_is_better else new > old)
@@ -96,7 +56,11 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
              stop_event: threading.Event | None = None, allow_config_change: bool = False) -> dict:
   """Fine-tune once per seed; returns (and writes to ``run_dir/summary.json``) the per-seed
   dev/test metrics and their medians. Everything (data, labels, the starting model, the mesh)
-  is checked before the run folder is touched; resuming follows ``run_dir.claim_run_dir``."""
+  is checked before the run folder is touched; resuming follows ``run_dir.claim_run_dir``.
+  ``task: sentence_embedding`` trains contrastively (``tasks/embedding.py``)."""
+  if cfg.task == "sentence_embedding":
+    return finetune_embeddings(cfg, devices=devices, quiet=quiet, stop_event=stop_event,
+                               allow_config_change=allow_config_change)
   run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
   source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
@@ -169,7 +133,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
                           per_token=per_token_logits(cfg.task))
     start = run.restore(engine, batches)
     if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
-      engine.init(make, values=_pretrained_values(cfg.init_from, params, engine))
+      engine.init(make, values=pretrained_values(cfg.init_from, params, engine))
     start = start or 0
     best = json.loads(best_file.read_text()) if best_file.exists() else {}
 

@@ -90,7 +90,7 @@ def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
       if task != "token_classification":
         raise TaskDataError(f"{where}: CoNLL files are for task=token_classification")
       return read_conll(where)
-    rows = _read_rows(where, fmt, cfg)
+    rows = read_rows(where, fmt, cfg)
   if task == "qa":
     return [_qa_row(r, where, i) for i, r in enumerate(rows)]
   if task == "token_classification":
@@ -115,7 +115,7 @@ def _check_labelled(examples: list[dict], split: str, key: str, field: str) -> N
 # -- rows ------------------------------------------------------------------------------------
 
 
-def _read_rows(path: str, fmt: str, cfg: TaskDataConfig) -> list[tuple[int, dict]]:
+def read_rows(path: str, fmt: str, cfg: TaskDataConfig) -> list[tuple[int, dict]]:
   """-> [(line number, {field: value})]."""
   if fmt == "jsonl":
     return list(read_jsonl(path, TaskDataError))

@@ -14,13 +14,16 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bertjax import layout, sharding, storage
-from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides,
-                            finetune_config, from_dict)
-from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
+from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, TaskDataConfig,
+                            apply_overrides, finetune_config, from_dict)
 from bertjax.data.buckets import sorted_batches
+from bertjax.inference import Embedder
+from bertjax.model_dir import load_model_dir, read_model_config, resolve_model_dir
 from bertjax.tasks.data import (MODEL_INPUTS, evaluate_logits, has_labels, load_split,
                                 per_token_logits, task_buckets)
+from bertjax.tasks.formats import TaskDataError, read_rows, resolve_format
 from bertjax.tasks.formats import data_file as packaged_or_path
+from bertjax.tasks.retrieval import is_beir_folder, read_beir, retrieval_metrics, sts_spearman
 from bertjax.train.run_dir import write_text_atomic
 
 
@@ -130,8 +133,41 @@ def _run_config(model_path: str) -> dict | None:
   return None
 
 
+def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -> dict:
+  """A sentence-embedding model on a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv:
+  recall@1/10, MRR@10, nDCG@10), an STS file (``sentence1``, ``sentence2``, ``score``:
+  Spearman/Pearson of the cosine) or a pairs file (``anchor``, ``positive``: each anchor's
+  positive retrieved among all positives)."""
+  model, tokenizer = load_model_dir(model_path)
+  if tokenizer is None:
+    raise ConfigError(f"{model_path} has no tokenizer/ folder")
+  embedder = Embedder(model, tokenizer, pooling=model.config.sentence_pooling or "mean",
+                      batch_size=batch_size)
+  data_file = packaged_or_path(data_file)
+  if is_beir_folder(data_file):
+    docs, queries, relevant = read_beir(data_file)
+    return retrieval_metrics(embedder(queries), embedder(docs), relevant)
+  rows = [r for _, r in read_rows(data_file, resolve_format(data_file, TaskDataConfig()),
+                                  TaskDataConfig())]
+  if rows and all({"sentence1", "sentence2", "score"} <= set(r) for r in rows):
+    try:
+      gold = np.asarray([float(r["score"]) for r in rows])
+    except (TypeError, ValueError):
+      raise TaskDataError(f"{data_file}: a 'score' is not a number") from None
+    return sts_spearman(embedder([r["sentence1"] for r in rows]),
+                        embedder([r["sentence2"] for r in rows]), gold)
+  if rows and all({"anchor", "positive"} <= set(r) for r in rows):
+    return retrieval_metrics(embedder([r["anchor"] for r in rows]),
+                             embedder([r["positive"] for r in rows]),
+                             [{i: 1.0} for i in range(len(rows))])
+  raise TaskDataError(f"{data_file}: not a BEIR folder, an STS file (sentence1, sentence2, "
+                      "score) or a pairs file (anchor, positive)")
+
+
 def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,
                    overrides: list[str] = (), batch_size: int = 64) -> dict:
+  if read_model_config(model_path).sentence_pooling and not task_yaml:
+    return evaluate_embeddings(model_path, data_file, batch_size)
   metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size, need_labels=True)
   if not metrics:
     raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")

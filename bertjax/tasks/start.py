@@ -13,9 +13,9 @@ from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_over
                             family_defaults, from_dict, to_dict)
 from bertjax.data.tokenizer import Tokenizer, TokenizerError
 from bertjax.interop.hf import load_hf
-from bertjax.model_dir import read_model_config, read_param_shapes, read_tokenizer
+from bertjax.model_dir import read_model_config, read_param_shapes, read_tokenizer, restore_params
 from bertjax.models import Model
-from bertjax.params import flat_shapes
+from bertjax.params import flat_shapes, leaf_name
 
 TASK_HEAD = {"classification": "classifier", "multi_label": "classifier",
              "regression": "classifier", "token_classification": "token_classifier", "qa": "qa"}
@@ -86,3 +86,14 @@ def initial_params(model_cfg: ModelConfig, source: dict[str, np.ndarray],
     raise ConfigError(f"init_from={init_from} does not provide the body's parameters: "
                       f"{', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
   return out
+
+
+def pretrained_values(init_from: str, params: dict, engine) -> dict:
+  """The starting parameters by name: a bertjax folder's read straight into the engine's
+  sharded layout (each process its own shards); a transformers folder's host arrays as they
+  are."""
+  if not any(isinstance(v, jax.ShapeDtypeStruct) for v in params.values()):
+    return params
+  state = restore_params(init_from, engine.abstract.params, only=set(params))
+  leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+  return {leaf_name(p): v.get_value() for p, v in leaves if leaf_name(p) in params}
