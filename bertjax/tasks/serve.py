@@ -137,7 +137,8 @@ def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -
   """A sentence-embedding model on a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv:
   recall@1/10, MRR@10, nDCG@10), an STS file (``sentence1``, ``sentence2``, ``score``:
   Spearman/Pearson of the cosine) or a pairs file (``anchor``, ``positive``: each anchor's
-  positive retrieved among all positives)."""
+  positive retrieved among all positives). A model that is not a sentence encoder is read with
+  mean pooling (what it gives before any contrastive training)."""
   model, tokenizer = load_model_dir(model_path)
   if tokenizer is None:
     raise ConfigError(f"{model_path} has no tokenizer/ folder")
@@ -160,14 +161,18 @@ def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -
     return retrieval_metrics(embedder([r["anchor"] for r in rows]),
                              embedder([r["positive"] for r in rows]),
                              [{i: 1.0} for i in range(len(rows))])
+  if not model.config.sentence_pooling:  # a body given a task's file
+    raise ConfigError(f"{model_path} has no task head; fine-tune it first (bertjax finetune), or "
+                      "evaluate its embeddings on a BEIR folder, an STS or a pairs file")
   raise TaskDataError(f"{data_file}: not a BEIR folder, an STS file (sentence1, sentence2, "
                       "score) or a pairs file (anchor, positive)")
 
 
 def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,
                    overrides: list[str] = (), batch_size: int = 64) -> dict:
-  if read_model_config(model_path).sentence_pooling and not task_yaml:
-    return evaluate_embeddings(model_path, data_file, batch_size)
+  model_cfg = read_model_config(model_path)
+  if not task_yaml and (model_cfg.sentence_pooling or model_cfg.task_head is None):
+    return evaluate_embeddings(model_path, data_file, batch_size)  # a body: mean pooling
   metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size, need_labels=True)
   if not metrics:
     raise ConfigError(f"{data_file} has no labels to evaluate against; use bertjax predict")
