@@ -15,7 +15,7 @@ from bertjax.config import model_config
 from bertjax.interop.hf import load_hf
 from bertjax.interop.registry import get_adapter
 from bertjax.models import Model
-from bertjax.objectives.contrastive import ContrastiveObjective
+from bertjax.objectives.contrastive import ContrastiveObjective, ranking_loss
 from bertjax.params import assign_flat_params, leaf_name
 
 ANCHORS = ["A man is eating food.", "A woman plays the violin in the park.",
@@ -39,7 +39,7 @@ def _loss_and_grads(objective, model, batch):
                         for p, v in flat}
 
 
-@pytest.mark.parametrize("symmetric,negatives", [(False, True), (False, False), (True, False)])
+@pytest.mark.parametrize("symmetric,negatives", [(False, True), (True, False)])
 def test_equals_sentence_transformers_mnrl(symmetric, negatives):
   from sentence_transformers import SentenceTransformer, losses
 
@@ -124,7 +124,8 @@ def test_negatives_are_the_global_batch_on_a_sharded_mesh():
   for name in one:
     np.testing.assert_allclose(on_mesh[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
-  per_shard = np.mean([_loss_and_grads(objective, model, {k: jnp.asarray(v[i:i + 2])
-                                                          for k, v in local.items()})[0]
+  # each device's 2 rows as its only negatives: the embeddings once, the loss per shard
+  embedded = objective.embeddings(model, {k: jnp.asarray(v) for k, v in local.items()})
+  per_shard = np.mean([float(ranking_loss(*(e[i:i + 2] for e in embedded))[0].mean())
                        for i in range(0, 16, 2)])
   assert per_shard < one_loss - 0.5, (per_shard, one_loss)

@@ -5,7 +5,10 @@
   `notebooks/` linked in), so a block may use what an earlier block of its page made. The blocks
   are read with pytest-codeblocks' extractor; a block that needs a cloud or a lent accelerator
   carries a `<!--pytest.mark.skip(reason=...)-->` comment, and its `bertjax` lines are still
-  checked against the CLI by tests/test_readme_commands.py.
+  checked against the CLI by tests/test_readme_commands.py. A README block whose every line is,
+  word for word, a line of a guide's block that runs is run there (the README's examples come
+  from the guides); any other README block runs here. The three longest guides run in
+  tests/test_docs_guides.py, so the two test workers share the pages.
 - The substitutions (docs/index.md says them to the reader): `pip install` and `python3 -m venv`
   are skipped (this environment is the one the README's test command installed), `bertjax
   pretrain` / `finetune` run a few steps, and `bertjax compile` compiles a one-layer, narrow
@@ -15,6 +18,7 @@
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +28,7 @@ from pytest_codeblocks import extract_from_file
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LONG_GUIDES = ("embeddings.md", "finetuning.md", "planning.md")  # tests/test_docs_guides.py
 CHECKOUT = ("configs", "launch", "benchmarks", "notebooks")
 
 # the documented substitutions (docs/index.md, "How these pages are tested")
@@ -77,12 +82,23 @@ def _checkout(tmp_path: Path) -> Path:
   return tmp_path
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
-def test_page_runs_as_written(page, tmp_path):
+def _command_lines(code: str) -> list[str]:
+  """A block's lines without trailing comments and blank lines, continuations joined."""
+  lines = [re.sub(r"\s+#.*$", "", line).strip() for line in code.replace("\\\n", " ").splitlines()]
+  return [line for line in lines if line and not line.startswith("#")]
+
+
+def guide_lines() -> set[str]:
+  return {line for page in PAGES[1:] for _, _, code, skip in blocks(page) if skip is None
+          for line in _command_lines(code)}
+
+
+def run_page(page: Path, tmp_path: Path) -> None:
   run = [(line, lang, code) for line, lang, code, skip in blocks(page) if skip is None]
-  if not run:
-    assert page.parent.name == "docs", f"{page.name}: no block runs"
-    return
+  if page.name == "README.md":  # its examples run in the guides they come from
+    covered = guide_lines()
+    run = [(line, lang, code) for line, lang, code in run
+           if not set(_command_lines(code)) <= covered]
   cwd = _checkout(tmp_path)
   env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
              PYTHONPATH=str(ROOT))
@@ -97,6 +113,21 @@ def test_page_runs_as_written(page, tmp_path):
         f"{page.relative_to(ROOT)}:{line}: the {lang} block exited {proc.returncode}\n"
         f"--- block ---\n{code}--- stdout (tail) ---\n{proc.stdout[-3000:]}\n"
         f"--- stderr (tail) ---\n{proc.stderr[-3000:]}")
+
+
+SHORT = [p for p in PAGES if p.name not in LONG_GUIDES]
+
+
+def test_the_readme_examples_are_the_guides_commands():
+  """Each README block runs in a guide (verbatim) or here; today all but the test command's."""
+  covered = guide_lines()
+  readme = [code for _, _, code, skip in blocks(PAGES[0]) if skip is None]
+  assert readme and all(set(_command_lines(code)) <= covered for code in readme)
+
+
+@pytest.mark.parametrize("page", SHORT, ids=[p.relative_to(ROOT).as_posix() for p in SHORT])
+def test_page_runs_as_written(page, tmp_path):
+  run_page(page, tmp_path)
 
 
 def test_the_site_builds_without_warnings(tmp_path):

@@ -47,7 +47,7 @@ def embedding_run(straight_run, tmp_path_factory):
   start, _ = straight_run
   run = tmp_path_factory.mktemp("embedding") / "run"
   cfg = finetune_config("book-pairs", [
-      f"init_from={start}/model", f"run_dir={run}", "train.epochs=0.25", "train.batch_size=32",
+      f"init_from={start}/model", f"run_dir={run}", "train.epochs=0.15", "train.batch_size=32",
       "train.eval_batch_size=32", "optim.learning_rate=1e-3", "data.max_seq_length=48",
       "train.log_every=4", "embedding.chunk=8"])
   return run, finetune(cfg, quiet=True)
@@ -56,7 +56,7 @@ def embedding_run(straight_run, tmp_path_factory):
 def test_contrastive_training_on_the_engine(embedding_run):
   run, summary = embedding_run
   seed = summary["seeds"]["0"]
-  assert seed["steps"] == math.ceil(0.25 * (3000 // 32))
+  assert seed["steps"] == math.ceil(0.15 * (3000 // 32))
   assert set(summary["median_dev"]) >= {"recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10"}
   assert summary["median_dev_at_start"]["queries"] == 300
   rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

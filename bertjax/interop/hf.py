@@ -227,7 +227,7 @@ def save_hf(model: Model, dst: str | Path, tokenizer_dir: str | Path | None = No
       storage.copy_file(local / "model.safetensors", dst / "model.safetensors")
   if tokenizer_dir is not None:
     copy_tokenizer_files(storage.as_path(tokenizer_dir), dst)
-  if cfg.sentence_pooling:  # a sentence encoder: a sentence-transformers folder too
+  if cfg.sentence_pooling and cfg.task_head is None:  # a sentence encoder: an ST folder too
     write_modules(dst, cfg.hidden_size, cfg.sentence_pooling, cfg.sentence_normalize,
                   min(512, cfg.max_position_embeddings - cfg.position_offset))
   # config.json last: a folder without it is not a transformers folder to any reader

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -37,15 +36,13 @@ from bertjax.objectives.contrastive import COLUMNS, ContrastiveObjective
 from bertjax.tasks.data import task_buckets, train_iterator
 from bertjax.tasks.formats import TaskDataError, read_rows, resolve_format, split_source
 from bertjax.tasks.retrieval import retrieval_metrics
+from bertjax.tasks.seeds import BestDev, run_seeds
 from bertjax.tasks.start import initial_params, load_pretrained, pretrained_values
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
-from bertjax.train.run_dir import check_run_dir_path, claim_run_dir, write_status, write_text_atomic
+from bertjax.train.run_dir import check_run_dir_path, write_text_atomic
 
-RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_every",
-             "train.eval_batch_size", "train.early_stopping_patience", "train.on_nonfinite",
-             "train.max_consecutive_skips", "checkpoint", "mesh")
 
 
 def read_pairs(split: str, cfg: FinetuneConfig) -> list[dict[str, str]]:
@@ -152,27 +149,11 @@ def finetune_embeddings(cfg: FinetuneConfig, *, devices=None, quiet: bool = Fals
   mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size,
                    train_eval_batch_size=cfg.train.eval_batch_size)
 
-  runs = {}
-  with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
-                     allow_config_change=allow_config_change):
-    for seed in cfg.train.seeds:
-      seed_dir = layout.seed_dir(run_dir, seed, len(cfg.train.seeds))
-      runs[seed] = _train_one(cfg, seed, seed_dir, mesh, model_cfg, params, tokenizer, arrays,
-                              dev, test, quiet=quiet, stop_event=stop_event)
-      if runs[seed].get("preempted"):
-        write_status(run_dir, "preempted", step=runs[seed]["step"], seed=seed)
-        return {"preempted": True, "seed": seed, **runs[seed]}
-    summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
-               "seeds": {str(s): r for s, r in runs.items()}}
-    for split in ("dev_at_start", "dev", "test"):
-      keys = set.intersection(*(set(r.get(split, {})) for r in runs.values()))
-      if keys:
-        summary[f"median_{split}"] = {k: statistics.median(r[split][k] for r in runs.values())
-                                      for k in sorted(keys)}
-    if jax.process_index() == 0:
-      write_text_atomic(run_dir / layout.SUMMARY, json.dumps(summary, indent=2) + "\n")
-    write_status(run_dir, "completed", step=runs[cfg.train.seeds[-1]]["steps"])
-  return summary
+  train_one = lambda seed, seed_dir: _train_one(cfg, seed, seed_dir, mesh, model_cfg, params,
+                                                tokenizer, arrays, dev, test, quiet=quiet,
+                                                stop_event=stop_event)
+  return run_seeds(cfg, run_dir, train_one, splits=("dev_at_start", "dev", "test"),
+                   allow_config_change=allow_config_change)
 
 
 def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: ModelConfig,
@@ -184,7 +165,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
   eval_every = tc.eval_every or steps_per_epoch
   tx = functools.partial(make_optimizer, cfg.optim, num_blocks=model_cfg.num_blocks)
   lr = lambda step, total: schedule(cfg.optim, total)(step)
-  best_file, model_dir = run_dir / layout.BEST, run_dir / layout.MODEL
+  model_dir = run_dir / layout.MODEL
   objective = ContrastiveObjective(pooling=e.pooling, scale=e.scale, symmetric=e.symmetric,
                                    chunk=e.chunk)
   per_token = tuple(k for k in arrays if k.endswith(("_ids", "_mask")) or k == "padding_mask")
@@ -204,29 +185,16 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     if start is None:
       engine.init(make, values=pretrained_values(cfg.init_from, params, engine))
     start = start or 0
-    best = json.loads(best_file.read_text()) if best_file.exists() else {}
-    at_start = best.get("at_start")
-    if dev is not None and at_start is None:
+    best = BestDev(cfg, run_dir, run,
+                   lambda: save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True))
+    at_start = best.best.get("at_start")  # the dev metrics before the first step
+    if dev is not None and at_start is None and start == 0:
       at_start = evaluate_pairs(engine.model(), tokenizer, dev, cfg)
       run.log(f"step {start}: dev {cfg.metric} {at_start[cfg.metric]:.4f} before training")
 
     def evaluate(step: int) -> bool:
-      nonlocal best
-      metrics = evaluate_pairs(engine.model(), tokenizer, dev, cfg)
-      run.writer.write(step, metrics, prefix="eval")
-      value = metrics[cfg.metric]
-      if best.get("value") is None or value > best["value"]:
-        best = {"step": step, "value": value, "metrics": metrics, "bad_evals": 0}
-        save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
-      else:
-        best["bad_evals"] = best.get("bad_evals", 0) + 1
-      best["at_start"] = at_start
-      if jax.process_index() == 0:
-        write_text_atomic(best_file, json.dumps(best, indent=2) + "\n")
-      run.log(f"step {step}: dev {cfg.metric} {value:.4f} (best {best['value']:.4f} "
-              f"at step {best['step']})")
-      patience = tc.early_stopping_patience
-      return patience is not None and best["bad_evals"] >= patience
+      return best.record(step, evaluate_pairs(engine.model(), tokenizer, dev, cfg),
+                         at_start=at_start)
 
     began = time.perf_counter()
     result = run_steps(engine, batches, run, start=start, steps=steps, log_every=tc.log_every,
@@ -237,14 +205,14 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     train_seconds = time.perf_counter() - began
     if result.preempted:
       return {"preempted": True, "step": result.step}
-    if dev is not None and best.get("step") != result.step and not result.stopped_early:
+    if dev is not None and best.best.get("step") != result.step and not result.stopped_early:
       evaluate(result.step)
     if dev is None:
       save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
     out = {"steps": result.step, "train_seconds": train_seconds, "train": result.train,
            "model": str(model_dir)}
     if dev is not None:
-      out.update(dev_at_start=at_start, dev=best["metrics"], best_step=best["step"])
+      out.update(dev_at_start=at_start, dev=best.best["metrics"], best_step=best.best["step"])
     if test is not None:
       best_model, _ = load_model_dir(model_dir)
       out["test"] = evaluate_pairs(best_model, tokenizer, test, cfg)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import statistics
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import jax
 from flax import nnx
 
 from bertjax import layout, sharding, storage
-from bertjax.config import ConfigError, FinetuneConfig, ModelConfig, to_dict
+from bertjax.config import ConfigError, FinetuneConfig, ModelConfig
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.model_dir import check_vocab, load_model_dir, save_model_dir
 from bertjax.models import Model
@@ -32,24 +31,15 @@ from bertjax.tasks.data import (SplitData, encode, evaluate_logits, load_split, 
                                 per_token_logits, task_buckets, train_iterator)
 from bertjax.tasks.embedding import finetune_embeddings
 from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
+from bertjax.tasks.seeds import BestDev, run_seeds
 from bertjax.tasks.serve import Predictor
 from bertjax.tasks.start import (initial_params, load_pretrained, pretrained_values,
                                  task_model_config)
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
-from bertjax.train.run_dir import (check_run_dir_path, claim_run_dir, write_status,
-                                   write_text_atomic)
+from bertjax.train.run_dir import check_run_dir_path, write_text_atomic
 
-# Config keys a resumed fine-tuning run may change without changing what it trains.
-RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_every",
-             "train.eval_batch_size", "train.early_stopping_patience", "train.on_nonfinite",
-             "train.max_consecutive_skips", "checkpoint", "mesh")
-
-
-def _better(metric: str, new: float, old: float | None) -> bool:
-  lower_is_better = metric == "mse"
-  return old is None or (new < old if lower_is_better else new > old)
 
 
 def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
@@ -82,27 +72,11 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
   mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size,
                    train_eval_batch_size=cfg.train.eval_batch_size)
 
-  runs = {}
-  with claim_run_dir(run_dir, to_dict(cfg), resumable=RESUMABLE,
-                     allow_config_change=allow_config_change):
-    for seed in cfg.train.seeds:
-      seed_dir = layout.seed_dir(run_dir, seed, len(cfg.train.seeds))
-      runs[seed] = _train_one(cfg, seed, seed_dir, mesh, model_cfg, params, tokenizer, train, dev,
-                              test, quiet=quiet, stop_event=stop_event)
-      if runs[seed].get("preempted"):
-        write_status(run_dir, "preempted", step=runs[seed]["step"], seed=seed)
-        return {"preempted": True, "seed": seed, **runs[seed]}
-    summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
-               "labels": list(labels), "seeds": {str(s): r for s, r in runs.items()}}
-    for split in ("dev", "test"):
-      keys = set.intersection(*(set(r.get(split, {})) for r in runs.values()))
-      if keys:
-        summary[f"median_{split}"] = {k: statistics.median(r[split][k] for r in runs.values())
-                                      for k in sorted(keys)}
-    if jax.process_index() == 0:
-      write_text_atomic(run_dir / layout.SUMMARY, json.dumps(summary, indent=2) + "\n")
-    write_status(run_dir, "completed", step=runs[cfg.train.seeds[-1]]["steps"])
-  return summary
+  train_one = lambda seed, seed_dir: _train_one(cfg, seed, seed_dir, mesh, model_cfg, params,
+                                                tokenizer, train, dev, test, quiet=quiet,
+                                                stop_event=stop_event)
+  return run_seeds(cfg, run_dir, train_one, extra={"labels": list(labels)},
+                   allow_config_change=allow_config_change)
 
 
 def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: ModelConfig,
@@ -115,7 +89,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
   # made for the traced total step count: every seed and run length shares one compile
   tx = functools.partial(make_optimizer, cfg.optim, num_blocks=model_cfg.num_blocks)
   lr = lambda step, total: schedule(cfg.optim, total)(step)
-  best_file, model_dir = run_dir / layout.BEST, run_dir / layout.MODEL
+  model_dir = run_dir / layout.MODEL
   objective = TaskObjective(cfg.task)
   buckets, per_token = task_buckets(cfg, train.lengths), per_token_keys(cfg.task)
   batches = train_iterator(train.arrays, tc.batch_size, seed, buckets=buckets,
@@ -135,27 +109,15 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     if start is None:  # the pretrained body; the head (and a new pooler) stay fresh
       engine.init(make, values=pretrained_values(cfg.init_from, params, engine))
     start = start or 0
-    best = json.loads(best_file.read_text()) if best_file.exists() else {}
+    best = BestDev(cfg, run_dir, run,
+                   lambda: save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True))
 
     def evaluate(step: int) -> bool:
       """Score dev; keep the best model folder; True = stop (patience exhausted)."""
-      nonlocal best
       metrics, _ = evaluate_logits(dev, predictor(engine.state.params, dev.arrays), cfg,
                                    model_cfg.label_names,
                                    tune_threshold=cfg.qa.tune_null_threshold)
-      run.writer.write(step, metrics, prefix="eval")
-      value = metrics[cfg.metric]
-      if _better(cfg.metric, value, best.get("value")):
-        best = {"step": step, "value": value, "metrics": metrics, "bad_evals": 0}
-        save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
-      else:
-        best["bad_evals"] = best.get("bad_evals", 0) + 1
-      if jax.process_index() == 0:
-        write_text_atomic(best_file, json.dumps(best, indent=2) + "\n")
-      run.log(f"step {step}: dev {cfg.metric} {value:.4f} (best {best['value']:.4f} "
-              f"at step {best['step']})")
-      patience = tc.early_stopping_patience
-      return patience is not None and best["bad_evals"] >= patience
+      return best.record(step, metrics)
 
     began = time.perf_counter()
     result = run_steps(engine, batches, run, start=start, steps=steps, log_every=tc.log_every,
@@ -165,14 +127,14 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     train_seconds = time.perf_counter() - began  # includes compilation and dev evaluations
     if result.preempted:
       return {"preempted": True, "step": result.step}
-    if dev is not None and best.get("step") != result.step and not result.stopped_early:
+    if dev is not None and best.best.get("step") != result.step and not result.stopped_early:
       evaluate(result.step)  # the final state competes for best too
     if dev is None:
       save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
     out = {"steps": result.step, "train_seconds": train_seconds, "train": result.train,
            "model": str(model_dir)}
     if dev is not None:
-      out.update(dev=best["metrics"], best_step=best["step"])
+      out.update(dev=best.best["metrics"], best_step=best.best["step"])
     if test is not None:
       best_model, _ = load_model_dir(model_dir)
       threshold = out.get("dev", {}).get("null_threshold")

@@ -76,6 +76,9 @@ class Predictor:
 
 
 def _task_of(model_cfg: ModelConfig) -> str:
+  if model_cfg.task_head is None and model_cfg.sentence_pooling:
+    raise ConfigError("this is a sentence-embedding model: bertjax embed gives its vectors, "
+                      "bertjax evaluate scores it on a BEIR folder, an STS or a pairs file")
   if model_cfg.task_head is None:
     raise ConfigError("this model has no task head; fine-tune it first (bertjax finetune)")
   if model_cfg.task_head == "classifier":
@@ -84,13 +87,18 @@ def _task_of(model_cfg: ModelConfig) -> str:
   return {"token_classifier": "token_classification", "qa": "qa"}[model_cfg.task_head]
 
 
-def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
-           batch_size: int, need_labels: bool = False):
+def _one_model(model_path: str) -> ModelConfig:
+  """The config of the model a path names; a run folder of several seeds names none."""
   seeds = sorted(storage.as_path(model_path).glob(f"{layout.SEEDS}/{layout.MODEL}"))
   if seeds and not (storage.as_path(model_path) / layout.MODEL).exists():
     raise ConfigError(f"{model_path} holds {len(seeds)} seed runs; pass one of them, e.g. "
                       f"{seeds[0].parent}")
-  model_cfg = read_model_config(model_path)
+  return read_model_config(model_path)
+
+
+def _serve(model_path: str, data_file: str, task_yaml: str | None, overrides: list[str],
+           batch_size: int, need_labels: bool = False):
+  model_cfg = _one_model(model_path)
   task = _task_of(model_cfg)
   base = [f"init_from={model_path}", f"task={task}"]
   if task_yaml:
@@ -139,12 +147,14 @@ def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -
   Spearman/Pearson of the cosine) or a pairs file (``anchor``, ``positive``: each anchor's
   positive retrieved among all positives). A model that is not a sentence encoder is read with
   mean pooling (what it gives before any contrastive training)."""
+  data_file = packaged_or_path(data_file)
+  if not (is_beir_folder(data_file) or storage.as_path(data_file).is_file()):
+    raise TaskDataError(f"{data_file} does not exist (a BEIR folder, an STS or a pairs file)")
   model, tokenizer = load_model_dir(model_path)
   if tokenizer is None:
     raise ConfigError(f"{model_path} has no tokenizer/ folder")
   embedder = Embedder(model, tokenizer, pooling=model.config.sentence_pooling or "mean",
                       batch_size=batch_size)
-  data_file = packaged_or_path(data_file)
   if is_beir_folder(data_file):
     docs, queries, relevant = read_beir(data_file)
     return retrieval_metrics(embedder(queries), embedder(docs), relevant)
@@ -170,8 +180,8 @@ def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -
 
 def evaluate_model(model_path: str, data_file: str, task_yaml: str | None = None,
                    overrides: list[str] = (), batch_size: int = 64) -> dict:
-  model_cfg = read_model_config(model_path)
-  if not task_yaml and (model_cfg.sentence_pooling or model_cfg.task_head is None):
+  model_cfg = _one_model(model_path)
+  if not task_yaml and model_cfg.task_head is None:
     return evaluate_embeddings(model_path, data_file, batch_size)  # a body: mean pooling
   metrics, _ = _serve(model_path, data_file, task_yaml, overrides, batch_size, need_labels=True)
   if not metrics:

@@ -58,7 +58,8 @@ def task_model_config(source: ModelConfig, cfg: FinetuneConfig,
   num_labels = 2 if cfg.task == "qa" else 1 if cfg.task == "regression" else len(labels)
   fields.update(heads=[head], num_labels=num_labels, labels=list(labels),
                 problem_type=PROBLEM.get(cfg.task, "single_label"),
-                generator_width_fraction=0.0)
+                generator_width_fraction=0.0,
+                sentence_pooling="", sentence_normalize=False)  # a task model, not an encoder
   if head == "classifier" and fields["classifier_pooling"] == "pooler":
     fields["pooler"] = True  # a body saved without its pooler gets a fresh one (as transformers)
   model_cfg = from_dict(ModelConfig, fields, prefix="model")
