@@ -124,8 +124,8 @@ def test_windowed_einsum_loops_are_counted_in_full():
 
   cfg = experiment_config("eurobert-2.1b-pretrain", [
       "model.num_layers=1", "model.scan_layers=false", "model.remat=none",
-      "data.max_seq_length=512", "model.max_position_embeddings=512",
-      "data.max_predictions_per_seq=256", "train.batch_size=32", "data.tokenizer=corpus-bpe"])
+      "data.max_seq_length=256", "model.max_position_embeddings=256",  # the smallest that
+      "data.max_predictions_per_seq=128", "train.batch_size=32", "data.tokenizer=corpus-bpe"])  # loops
   report = aot.compile_pretraining(cfg, "v5p-64")
   # this basis is chosen only when the compiled step holds windowed-einsum loops
   # (aot.WINDOWED_EINSUM in its HLO): the program that runs keeps them

@@ -59,8 +59,8 @@ def test_device_check_smoke(tmp_path):
   report = json.loads((tmp_path / "device_check.json").read_text())
   s = report["sections"]
   assert report["errors"] == {} and set(s) == {"parity", "steps", "input", "checkpoint", "long"}
-  for family in ("bert", "roberta", "albert", "distilbert", "electra", "spanbert", "modernbert",
-                 "eurobert"):
+  assert set(s["parity"]) == {"bert", "modernbert", "eurobert", "cudnn_vs_reference"}
+  for family in ("bert", "modernbert", "eurobert"):  # --smoke: one per block design
     row = s["parity"][family]
     assert row["ok"] and row["max_abs_diff_float32"] <= 1e-4
     assert 0 < row["max_abs_diff_bfloat16"] < 0.5  # bf16 really ran, and is close
