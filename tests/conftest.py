@@ -50,3 +50,18 @@ def straight_run(books, tmp_path_factory):
 
   run = tmp_path_factory.mktemp("straight") / "run"
   return run, pretrain(config(run, books), quiet=True)
+
+
+# The longest files first (seconds of one file on one of the two CI workers, 2026-12-05):
+# `-n 2 --dist loadfile` hands out whole files in collection order, so a long file drawn last
+# would leave the other worker idle at the end. Ordered longest first, the tail is short files.
+LONGEST_FIRST = ("test_finetune.py", "test_recipes.py", "test_notebooks.py", "test_pretrain.py",
+                 "test_scan_remat.py", "test_compile.py", "test_docs_guides.py",
+                 "test_run_integrity.py", "test_gcs.py", "test_sharding.py", "test_docs.py",
+                 "test_launcher.py", "test_step.py", "test_long_context.py", "test_distill.py",
+                 "test_embedding_task.py", "test_contrastive.py", "test_device_check.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
