@@ -92,11 +92,10 @@ def ranking_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array 
   scores = scale * (a @ candidates.T)  # [B, B(1 + k)], rows sharded like the anchors
   rows = jnp.arange(a.shape[0])
   positive = scores[rows, rows]
-  loss = jax.nn.logsumexp(scores, axis=1) - positive
-  if symmetric:  # each positive against every anchor, averaged with the forward direction
-    backward = jax.nn.logsumexp(scale * (p @ sharding.constrain(a, (None, None)).T), axis=1)
-    loss = 0.5 * (jax.nn.logsumexp(scores, axis=1) + backward) - positive
-  return loss, jnp.argmax(scores, axis=1) == rows
+  logz = jax.nn.logsumexp(scores, axis=1)
+  if symmetric:  # each positive against every anchor: a column of the positives' block
+    logz = 0.5 * (logz + jax.nn.logsumexp(scores[:, :a.shape[0]], axis=0))
+  return logz - positive, jnp.argmax(scores, axis=1) == rows
 
 
 class ContrastiveObjective:

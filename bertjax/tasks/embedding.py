@@ -35,9 +35,9 @@ from bertjax.models import Model
 from bertjax.objectives.contrastive import COLUMNS, ContrastiveObjective
 from bertjax.tasks.data import task_buckets, train_iterator
 from bertjax.tasks.formats import TaskDataError, read_rows, resolve_format, split_source
-from bertjax.tasks.retrieval import retrieval_metrics
+from bertjax.tasks.retrieval import pair_metrics
 from bertjax.tasks.seeds import BestDev, run_seeds
-from bertjax.tasks.start import initial_params, load_pretrained, pretrained_values
+from bertjax.tasks.start import initial_params, load_start, pretrained_values
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
@@ -117,9 +117,7 @@ def evaluate_pairs(model: Model, tokenizer: Tokenizer, rows: list[dict[str, str]
   """Retrieve each anchor's positive among all the split's positives."""
   embedder = Embedder(model, tokenizer, pooling=cfg.embedding.pooling,
                       max_length=cfg.data.max_seq_length, batch_size=cfg.train.eval_batch_size)
-  anchors = embedder([r["anchor"] for r in rows])
-  positives = embedder([r["positive"] for r in rows])
-  return retrieval_metrics(anchors, positives, [{i: 1.0} for i in range(len(rows))])
+  return pair_metrics(embedder, rows)
 
 
 def finetune_embeddings(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
@@ -129,11 +127,7 @@ def finetune_embeddings(cfg: FinetuneConfig, *, devices=None, quiet: bool = Fals
   metrics before training (``dev_at_start``) and at its best step, and its test metrics."""
   run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
-  source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
-  if cfg.data.tokenizer:
-    tokenizer = Tokenizer.from_dir(cfg.data.tokenizer)
-  if tokenizer is None:
-    raise ConfigError(f"init_from={cfg.init_from} has no tokenizer; set data.tokenizer")
+  source_cfg, source_params, tokenizer = load_start(cfg)
   model_cfg = embedding_model_config(source_cfg, cfg)
   check_vocab(model_cfg.vocab_size, tokenizer.vocab_size, f"init_from={cfg.init_from}",
               "set data.tokenizer to the model's tokenizer")

@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 
 from bertjax import layout, sharding, storage
-from bertjax.config import ConfigError, FinetuneConfig, ModelConfig
+from bertjax.config import FinetuneConfig, ModelConfig
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.model_dir import check_vocab, load_model_dir, save_model_dir
 from bertjax.models import Model
@@ -33,7 +33,7 @@ from bertjax.tasks.embedding import finetune_embeddings
 from bertjax.tasks.formats import check_labels, infer_labels, read_split, split_source
 from bertjax.tasks.seeds import BestDev, run_seeds
 from bertjax.tasks.serve import Predictor
-from bertjax.tasks.start import (initial_params, load_pretrained, pretrained_values,
+from bertjax.tasks.start import (initial_params, load_start, pretrained_values,
                                  task_model_config)
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
@@ -53,11 +53,7 @@ def finetune(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
                                allow_config_change=allow_config_change)
   run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
-  source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
-  if cfg.data.tokenizer:
-    tokenizer = Tokenizer.from_dir(cfg.data.tokenizer)
-  if tokenizer is None:
-    raise ConfigError(f"init_from={cfg.init_from} has no tokenizer; set data.tokenizer")
+  source_cfg, source_params, tokenizer = load_start(cfg)
   train_examples = read_split("train", cfg.task, cfg.data)
   labels = infer_labels(train_examples, cfg.task, cfg.data.labels)
   model_cfg = task_model_config(source_cfg, cfg, labels)

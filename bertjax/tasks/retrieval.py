@@ -62,6 +62,13 @@ def retrieval_metrics(queries: np.ndarray, docs: np.ndarray,
           "queries": len(recall1)}
 
 
+def pair_metrics(embed, rows: list[dict]) -> dict[str, float]:
+  """Each row's anchor retrieves its own positive among all the rows' positives; ``embed`` maps
+  a list of texts to vectors."""
+  return retrieval_metrics(embed([r["anchor"] for r in rows]), embed([r["positive"] for r in rows]),
+                           [{i: 1.0} for i in range(len(rows))])
+
+
 def sts_spearman(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> dict[str, float]:
   """Spearman (and Pearson) correlation of cos(a_i, b_i) with the gold scores (MTEB's STS)."""
   from scipy import stats

@@ -23,7 +23,8 @@ from bertjax.tasks.data import (MODEL_INPUTS, evaluate_logits, has_labels, load_
                                 per_token_logits, task_buckets)
 from bertjax.tasks.formats import TaskDataError, read_rows, resolve_format
 from bertjax.tasks.formats import data_file as packaged_or_path
-from bertjax.tasks.retrieval import is_beir_folder, read_beir, retrieval_metrics, sts_spearman
+from bertjax.tasks.retrieval import (is_beir_folder, pair_metrics, read_beir, retrieval_metrics,
+                                     sts_spearman)
 from bertjax.train.run_dir import write_text_atomic
 
 
@@ -168,9 +169,7 @@ def evaluate_embeddings(model_path: str, data_file: str, batch_size: int = 64) -
     return sts_spearman(embedder([r["sentence1"] for r in rows]),
                         embedder([r["sentence2"] for r in rows]), gold)
   if rows and all({"anchor", "positive"} <= set(r) for r in rows):
-    return retrieval_metrics(embedder([r["anchor"] for r in rows]),
-                             embedder([r["positive"] for r in rows]),
-                             [{i: 1.0} for i in range(len(rows))])
+    return pair_metrics(embedder, rows)
   if not model.config.sentence_pooling:  # a body given a task's file
     raise ConfigError(f"{model_path} has no task head; fine-tune it first (bertjax finetune), or "
                       "evaluate its embeddings on a BEIR folder, an STS or a pairs file")

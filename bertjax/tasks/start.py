@@ -46,6 +46,17 @@ def load_pretrained(path: str) -> tuple[ModelConfig, dict, Tokenizer | None]:
           read_tokenizer(p))
 
 
+def load_start(cfg: FinetuneConfig) -> tuple[ModelConfig, dict, Tokenizer]:
+  """``load_pretrained(cfg.init_from)`` with the tokenizer a run uses: ``data.tokenizer`` if
+  set, else the starting checkpoint's (one it lacks is a one-line error)."""
+  source_cfg, source_params, tokenizer = load_pretrained(cfg.init_from)
+  if cfg.data.tokenizer:
+    tokenizer = Tokenizer.from_dir(cfg.data.tokenizer)
+  if tokenizer is None:
+    raise ConfigError(f"init_from={cfg.init_from} has no tokenizer; set data.tokenizer")
+  return source_cfg, source_params, tokenizer
+
+
 def task_model_config(source: ModelConfig, cfg: FinetuneConfig,
                       labels: tuple[str, ...]) -> ModelConfig:
   """The source body with the task's head. A source without this head gets the family's
