@@ -11,6 +11,7 @@ A run folder (``pretrain``; ``finetune``, one per seed under ``seed-N/`` when th
   checkpoints/          Orbax run checkpoints (model, optimizer, step, RNG, data iterator)
   model/                the trained model, a model folder
   best.json             fine-tuning: the best dev evaluation (its step and scores)
+  result.json           fine-tuning: one seed's result (steps, dev and test scores)
   summary.json          fine-tuning: scores per seed and their medians
 
 A model folder: config.yaml, params/ (Orbax), tokenizer/. A folder published on object storage
@@ -30,6 +31,7 @@ EVENTS = "events"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 BEST = "best.json"
+RESULT = "result.json"
 SUMMARY = "summary.json"
 PARAMS = "params"
 TOKENIZER = "tokenizer"

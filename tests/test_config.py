@@ -150,10 +150,13 @@ def test_every_pretraining_preset_builds_its_abstract_train_state(preset):
 
 @pytest.mark.parametrize("preset", TASKS)
 def test_every_task_preset_resolves(preset):
+  from bertjax.tasks.types import resolve
+
   cfg = finetune_config(preset)
-  assert cfg.task in ("classification", "multi_label", "regression", "token_classification", "qa",
-                      "sentence_embedding")
-  assert cfg.metric and cfg.train.seeds
+  task = resolve(cfg)  # a registered task type, the preset's checks and metric included
+  assert task.name in ("classification", "multi_label", "regression", "token_classification",
+                       "qa", "sentence_embedding")
+  assert task.metric(cfg) and cfg.train.seeds
 
 
 def test_the_readme_states_the_suite_size(request):

@@ -16,6 +16,7 @@ from bertjax.tasks.features import IGNORE, token_features, word_predictions
 from bertjax.errors import UserError
 from bertjax.tasks.formats import TaskDataError, check_labels, infer_labels, read_split
 from bertjax.tasks.qa import _windows, postprocess, qa_features
+from bertjax.tasks.types import task_type
 
 
 @pytest.fixture(scope="module")
@@ -37,59 +38,62 @@ def test_jsonl_csv_tsv_and_glue_rows(tmp_path):
   (tmp_path / "a.tsv").write_text("s1\ts2\tscore\nA man.\tA person.\t4.2\n")
   # GLUE files hold bare quotes: read without quote handling; headerless CoLA-style columns
   (tmp_path / "cola.tsv").write_text('gj04\t1\t\t"Bill," she said.\ngj04\t0\t*\tThe the.\n')
-  rows = read_split("train", "classification", _cfg(tmp_path / "a.jsonl"))
+  rows = read_split("train", task_type("classification"), _cfg(tmp_path / "a.jsonl"))
   assert [(r["text"], r["label"]) for r in rows] == [("fine film", "fresh"), ("dull", "rotten")]
-  rows = read_split("train", "classification", _cfg(tmp_path / "a.csv", text_field="sentence"))
+  rows = read_split("train", task_type("classification"),
+                    _cfg(tmp_path / "a.csv", text_field="sentence"))
   assert [(r["text"], r["label"]) for r in rows] == [('a, quoted "one"', "1"), ("plain", "0")]
-  rows = read_split("train", "regression", _cfg(tmp_path / "a.tsv", text_field="s1",
+  rows = read_split("train", task_type("regression"), _cfg(tmp_path / "a.tsv", text_field="s1",
                                                   text_pair_field="s2", label_field="score"))
   assert rows[0]["text_pair"] == "A person." and rows[0]["label"] == pytest.approx(4.2)
-  rows = read_split("train", "classification", _cfg(tmp_path / "cola.tsv", format="glue",
-                                                      header=False, text_field="3",
-                                                      label_field="1"))
+  rows = read_split("train", task_type("classification"),
+                    _cfg(tmp_path / "cola.tsv", format="glue", header=False,
+                         text_field="3", label_field="1"))
   assert [(r["text"], r["label"]) for r in rows] == [('"Bill," she said.', "1"), ("The the.", "0")]
 
 
 def test_multi_label_rows_and_label_inference(tmp_path):
   (tmp_path / "m.jsonl").write_text('{"text": "x", "label": ["b", "a"]}\n{"text": "y", "label": []}\n')
   (tmp_path / "m.csv").write_text("text,label\nz,\"c, a\"\n")
-  rows = read_split("train", "multi_label", _cfg(tmp_path / "m.jsonl"))
+  rows = read_split("train", task_type("multi_label"), _cfg(tmp_path / "m.jsonl"))
   assert rows[0]["label"] == ["b", "a"] and rows[1]["label"] == []
-  assert read_split("train", "multi_label", _cfg(tmp_path / "m.csv"))[0]["label"] == ["c", "a"]
-  assert infer_labels(rows, "multi_label") == ("a", "b")
+  assert read_split("train", task_type("multi_label"),
+                    _cfg(tmp_path / "m.csv"))[0]["label"] == ["c", "a"]
+  assert infer_labels(rows, task_type("multi_label")) == ("a", "b")
   numeric = [{"label": x} for x in ("10", "2", "1")]
-  assert infer_labels(numeric, "classification") == ("1", "2", "10")  # numeric order
-  assert infer_labels(numeric, "classification", ("10", "2", "1")) == ("10", "2", "1")
+  assert infer_labels(numeric, task_type("classification")) == ("1", "2", "10")  # numeric order
+  assert infer_labels(numeric, task_type("classification"), ("10", "2", "1")) == ("10", "2", "1")
 
 
 def test_bad_rows_name_file_line_and_field(tmp_path):
   p = tmp_path / "dev.jsonl"
   p.write_text('{"text": "ok", "label": "fresh"}\n{"text": "??", "label": "meh"}\n')
-  rows = read_split("train", "classification", _cfg(p))
+  rows = read_split("train", task_type("classification"), _cfg(p))
   with pytest.raises(TaskDataError, match=r"dev.jsonl:2: validation label 'meh' is not in"):
-    check_labels(rows, "classification", ("fresh", "rotten"), "validation")
+    check_labels(rows, task_type("classification"), ("fresh", "rotten"), "validation")
   with pytest.raises(TaskDataError, match=r"dev.jsonl:1: no field 'sentence'"):
-    read_split("train", "classification", _cfg(p, text_field="sentence"))
+    read_split("train", task_type("classification"), _cfg(p, text_field="sentence"))
   (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
   with pytest.raises(TaskDataError, match=r"bad.jsonl:2: invalid JSON"):
-    read_split("train", "classification", _cfg(tmp_path / "bad.jsonl"))
+    read_split("train", task_type("classification"), _cfg(tmp_path / "bad.jsonl"))
   (tmp_path / "r.csv").write_text("text,label\nx,high\n")
   with pytest.raises(TaskDataError, match=r"r.csv:2: label='high' is not a number"):
-    read_split("train", "regression", _cfg(tmp_path / "r.csv"))
+    read_split("train", task_type("regression"), _cfg(tmp_path / "r.csv"))
   with pytest.raises(TaskDataError, match="cannot tell the format"):
-    read_split("train", "classification", _cfg(tmp_path / "data.parquet"))
+    read_split("train", task_type("classification"), _cfg(tmp_path / "data.parquet"))
 
 
 def test_conll_sentences(tmp_path):
   p = tmp_path / "ner.conll"
   p.write_text("-DOCSTART-\tO\n\n@user\tO\nJohn\tB-person\nSmith\tI-person\n\n\n"
                "Paris  B-geo-loc\nrocks O\n")
-  rows = read_split("train", "token_classification", _cfg(p))
+  rows = read_split("train", task_type("token_classification"), _cfg(p))
   assert [r["tokens"] for r in rows] == [["@user", "John", "Smith"], ["Paris", "rocks"]]
   assert rows[0]["tags"] == ["O", "B-person", "I-person"]
-  assert infer_labels(rows, "token_classification") == ("B-geo-loc", "B-person", "I-person", "O")
+  assert infer_labels(rows, task_type("token_classification")) == (
+      "B-geo-loc", "B-person", "I-person", "O")
   with pytest.raises(TaskDataError, match="check_labels|is not in"):
-    check_labels(rows, "token_classification", ("O",), "test")
+    check_labels(rows, task_type("token_classification"), ("O",), "test")
 
 
 def _squad(tmp_path, qas, context):
@@ -104,13 +108,13 @@ def test_squad_json_and_answer_offsets(tmp_path):
   p = _squad(tmp_path, [
       {"id": "q1", "question": "Who won?", "answers": [{"text": "Denver Broncos", "answer_start": 0}]},
       {"id": "q2", "question": "Who lost?", "answers": [], "is_impossible": True}], context)
-  rows = read_split("train", "qa", _cfg(p))
+  rows = read_split("train", task_type("qa"), _cfg(p))
   assert [r["id"] for r in rows] == ["q1", "q2"]
   assert [r["is_impossible"] for r in rows] == [False, True]
   bad = _squad(tmp_path, [{"id": "q", "question": "?", "answers": [
       {"text": "Broncos", "answer_start": 0}]}], context)
   with pytest.raises(TaskDataError, match="question q: answer 'Broncos' is not at context"):
-    read_split("train", "qa", _cfg(bad))
+    read_split("train", task_type("qa"), _cfg(bad))
 
 
 # -- token classification features ------------------------------------------------------------
@@ -337,7 +341,7 @@ def test_multi_label_exact_match_is_over_rows():
 
   logits = np.array([[2.0, -1.0], [3.0, 1.0], [-1.0, -2.0]], np.float32)
   label = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)  # rows right: 1 of 3
-  objective = TaskObjective("multi_label")
+  objective = TaskObjective(task_type("multi_label"))
 
   class Head:
     def __call__(self, *a, **k):
@@ -355,13 +359,14 @@ def test_multi_label_exact_match_is_over_rows():
 
 def test_unlabelled_multi_label_files_have_no_metrics(tmp_path, tokenizer):
   from bertjax.config import finetune_config
-  from bertjax.tasks.data import evaluate_logits, load_split
+  from bertjax.tasks.data import load_split
 
   (tmp_path / "x.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
   cfg = finetune_config("rt-polarity", ["init_from=x", "task=multi_label", "data.labels=[p, q]",
                                         "train.metric=f1_micro", f"data.test={tmp_path / 'x.jsonl'}"])
-  split = load_split("test", cfg, tokenizer, ("p", "q"))
-  metrics, preds = evaluate_logits(split, np.zeros((2, 2), np.float32), cfg, ("p", "q"))
+  multi_label = task_type("multi_label")
+  split = load_split("test", cfg, multi_label, tokenizer, ("p", "q"))
+  metrics, preds = multi_label.evaluate(split, np.zeros((2, 2), np.float32), cfg, ("p", "q"))
   assert metrics == {} and len(preds) == 2
 
 
@@ -373,17 +378,18 @@ def test_packaged_task_data_works_anywhere(tmp_path):
   rt = finetune_config("rt-polarity", [])
   assert rt.data.dataset == "rt-polarity" and not rt.data.train
   assert "bertjax/data/tasks/rt-polarity/train.jsonl" in split_source("train", rt.data)
-  assert len(read_split("train", rt.task, rt.data)) == 10201
-  assert len(read_split("test", rt.task, rt.data)) == 1276
+  assert len(read_split("train", task_type(rt.task), rt.data)) == 10201
+  assert len(read_split("test", task_type(rt.task), rt.data)) == 1276
   ner = finetune_config("wnut16-ner", [])
-  sentences = read_split("validation", ner.task, ner.data)
+  sentences = read_split("validation", task_type(ner.task), ner.data)
   assert len(sentences) == 239 and {"tokens", "tags"} <= set(sentences[0])
   # a path overrides one split; the others stay packaged
   own = tmp_path / "own.jsonl"
   own.write_text('{"text": "fine", "label": "fresh"}\n')
   mixed = finetune_config("rt-polarity", [f"data.train={own}"])
-  assert len(read_split("train", mixed.task, mixed.data)) == 1
-  assert len(read_split("validation", mixed.task, mixed.data)) == 1275
+  assert len(read_split("train", task_type(mixed.task), mixed.data)) == 1
+  assert len(read_split("validation", task_type(mixed.task), mixed.data)) == 1275
   assert data_file("rt-polarity:test").endswith("rt-polarity/test.jsonl")
   with pytest.raises(UserError, match="data.dataset=imdb is not shipped"):
-    read_split("train", "classification", finetune_config("rt-polarity", ["data.dataset=imdb"]).data)
+    read_split("train", task_type("classification"),
+               finetune_config("rt-polarity", ["data.dataset=imdb"]).data)

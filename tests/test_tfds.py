@@ -66,15 +66,17 @@ class BertjaxToyReviews(tfds.core.GeneratorBasedBuilder):
 def test_tfds_labeled_split_for_fine_tuning(tmp_path):
   from bertjax.config import TaskDataConfig
   from bertjax.tasks.formats import infer_labels, read_split
+  from bertjax.tasks.types import task_type
 
   data_dir = tmp_path / "tfds"
   BertjaxToyReviews(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
   cfg = TaskDataConfig(format="tfds", tfds_name="bertjax_toy_reviews",
                        tfds_data_dir=str(data_dir), train="train", validation="validation",
                        text_field="sentence")
-  rows = read_split("validation", "classification", cfg)
+  rows = read_split("validation", task_type("classification"), cfg)
   assert len(rows) == 6
   by_text = {r["text"]: r["label"] for r in rows}
   assert by_text["review 1 3 is good"] == "positive" and by_text["review 1 2 is bad"] == "negative"
-  assert infer_labels(read_split("train", "classification", cfg), "classification") == (
+  classification = task_type("classification")
+  assert infer_labels(read_split("train", classification, cfg), classification) == (
       "negative", "positive")

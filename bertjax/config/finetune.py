@@ -14,21 +14,6 @@ from bertjax.config.schema import (CheckpointConfig, MeshConfig, OptimConfig, ch
                                    check_microbatches)
 from bertjax.errors import ConfigError
 
-TaskType = Literal["classification", "multi_label", "regression", "token_classification", "qa",
-                   "sentence_embedding"]
-
-# The dev metric that picks the best checkpoint, per task (overridable with train.metric).
-MAIN_METRIC = {"classification": "accuracy", "multi_label": "f1_micro", "regression": "pearson",
-               "token_classification": "f1", "qa": "f1", "sentence_embedding": "recall_at_1"}
-METRICS = {"classification": ("accuracy", "f1", "f1_macro", "mcc"),
-           "multi_label": ("f1_micro", "f1_macro", "accuracy"),
-           "regression": ("pearson", "spearman", "mse"),
-           "token_classification": ("f1", "precision", "recall", "accuracy"),
-           "qa": ("f1", "exact"),
-           # retrieval of each dev anchor's positive among all dev positives (tasks/retrieval.py)
-           "sentence_embedding": ("recall_at_1", "recall_at_10", "mrr_at_10", "ndcg_at_10")}
-
-
 @dataclasses.dataclass(frozen=True)
 class TaskDataConfig:
   """Labeled data. ``format=auto`` reads the file suffix: .jsonl, .csv, .tsv, .conll/.txt
@@ -141,7 +126,9 @@ class FinetuneTrainConfig:
 class FinetuneConfig:
   name: str = "finetune"
   run_dir: str = "runs/finetune"
-  task: TaskType = "classification"
+  # a task type of bertjax.tasks.types (classification, token_classification, qa, ...); the
+  # registry checks it, and train.metric against it, before a run reads anything
+  task: str = "classification"
   init_from: str = ""  # bertjax model/run folder or a transformers folder
   # key=value changes to the starting model's config (dropout, classifier_pooling, ...)
   model_overrides: tuple[str, ...] = ()
@@ -157,18 +144,3 @@ class FinetuneConfig:
   def __post_init__(self):
     if not self.init_from:
       raise ConfigError("init_from is required: a bertjax model folder or a transformers folder")
-    if self.task == "sentence_embedding":
-      if self.train.grad_accum_steps != 1:
-        raise ConfigError("task=sentence_embedding: train.grad_accum_steps would split the "
-                          "in-batch negatives; use embedding.chunk (cached gradients) instead")
-      if self.embedding.chunk and self.train.batch_size % self.embedding.chunk:
-        raise ConfigError(f"embedding.chunk={self.embedding.chunk} must divide "
-                          f"train.batch_size={self.train.batch_size}")
-    if self.metric not in METRICS[self.task]:
-      raise ConfigError(f"train.metric={self.metric!r} is not a {self.task} metric; choose from "
-                        f"{', '.join(METRICS[self.task])}")
-
-  @property
-  def metric(self) -> str:
-    return self.train.metric or MAIN_METRIC[self.task]
-

@@ -1,7 +1,8 @@
-"""A task's splits as model-ready arrays, and logits -> predictions -> metrics.
+"""A task's splits as model-ready arrays (``SplitData``), and the training batches over them.
 
-Data flows one way: files -> examples (formats.py) -> arrays (features.py / qa.py) -> logits
-(the model) -> predictions and metrics (here and metrics.py).
+Data flows one way: files -> examples (formats.py) -> arrays (a task type's ``split``:
+features.py / qa.py) -> logits (the model) -> predictions and metrics (the task type's
+``evaluate``: metrics.py).
 """
 
 from __future__ import annotations
@@ -15,22 +16,10 @@ import numpy as np
 from bertjax.config import FinetuneConfig
 from bertjax.data.buckets import LengthGroupedSampler, choose_buckets
 from bertjax.data.tokenizer import Tokenizer
-from bertjax.tasks import metrics as M
-from bertjax.tasks.features import sequence_features, token_features, word_predictions
 from bertjax.tasks.formats import TaskDataError, check_labels, read_split
-from bertjax.tasks.qa import QaFeatures, postprocess, qa_features
+from bertjax.tasks.qa import QaFeatures
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "padding_mask")
-
-
-def per_token_keys(task: str) -> tuple[str, ...]:
-  """The arrays with a length axis (cut to a batch's bucket); the rest are per row."""
-  return MODEL_INPUTS + (("label",) if task == "token_classification" else ())
-
-
-def per_token_logits(task: str) -> bool:
-  """Whether the task head scores every token (NER tags, QA start/end) rather than the row."""
-  return task in ("token_classification", "qa")
 
 
 def task_buckets(cfg: FinetuneConfig, train_lengths: np.ndarray) -> tuple[int, ...]:
@@ -57,87 +46,20 @@ class SplitData:
     return self.arrays["padding_mask"].sum(1)
 
 
-def encode(examples: list[dict], name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
+def encode(examples: list[dict], name: str, cfg: FinetuneConfig, task, tokenizer: Tokenizer,
            labels: tuple[str, ...]) -> SplitData:
-  d, task = cfg.data, cfg.task
+  """Examples -> ``SplitData`` by ``task`` (a ``HeadTask``)."""
   if not examples:
     raise TaskDataError(f"data.{name}: no examples in {getattr(cfg.data, name)}")
-  if task == "qa":
-    feats = qa_features(examples, tokenizer, max_length=d.max_seq_length,
-                        doc_stride=d.doc_stride, max_query_length=d.max_query_length)
-    return SplitData(name, examples, feats.arrays, qa=feats)
-  if task == "token_classification":
-    arrays, starts = token_features(examples, tokenizer, labels, d.max_seq_length)
-    return SplitData(name, examples, arrays, word_starts=starts)
-  return SplitData(name, examples, sequence_features(examples, tokenizer, task, labels,
-                                                     d.max_seq_length))
+  return task.split(name, examples, cfg, tokenizer, labels)
 
 
-def load_split(name: str, cfg: FinetuneConfig, tokenizer: Tokenizer,
+def load_split(name: str, cfg: FinetuneConfig, task, tokenizer: Tokenizer,
                labels: tuple[str, ...]) -> SplitData:
-  examples = read_split(name, cfg.task, cfg.data)
-  check_labels(examples, cfg.task, labels, name)
-  return encode(examples, name, cfg, tokenizer, labels)
-
-
-def has_labels(split: SplitData, task: str) -> bool:
-  """Whether the split can be scored: every example labelled (QA: some answers given)."""
-  if task == "qa":
-    return any(ex["answers"] for ex in split.examples)
-  key = "tags" if task == "token_classification" else "label"
-  return all(ex[key] is not None for ex in split.examples)
-
-
-def evaluate_logits(split: SplitData, logits: np.ndarray, cfg: FinetuneConfig,
-                    labels: tuple[str, ...], *, tune_threshold: bool = False,
-                    threshold: float | None = None) -> tuple[dict, list[dict]]:
-  """-> (metrics, one prediction dict per example). ``tune_threshold`` (SQuAD 2.0 dev) picks
-  the null threshold that maximises F1 and reports it as ``null_threshold``."""
-  task = cfg.task
-  if task == "qa":
-    qa = cfg.qa
-    thresh = qa.null_score_diff_threshold if threshold is None else threshold
-    result = postprocess(split.examples, split.qa, logits[..., 0], logits[..., 1],
-                         n_best_size=qa.n_best_size, max_answer_length=qa.max_answer_length,
-                         version_2_with_negative=qa.version_2_with_negative,
-                         null_score_diff_threshold=thresh)
-    metrics = {}
-    if qa.version_2_with_negative and tune_threshold:
-      _, thresh = M.best_null_threshold(split.examples, result.best_spans, result.null_diffs)
-      result.answers = {k: "" if result.null_diffs[k] > thresh else result.best_spans[k]
-                        for k in result.answers}
-    if qa.version_2_with_negative:
-      metrics["null_threshold"] = float(thresh)
-    metrics.update(M.squad_metrics(result.answers, split.examples))
-    preds = [{"id": ex["id"], "answer": result.answers[ex["id"]],
-              "nbest": result.nbest[ex["id"]][:5]} for ex in split.examples]
-    return metrics, preds
-  if task == "token_classification":
-    tags = word_predictions(logits, split.word_starts, labels)
-    preds = [{"tokens": ex["tokens"], "tags": t} for ex, t in zip(split.examples, tags)]
-    gold = [ex["tags"] for ex in split.examples]
-    return (M.entity_metrics(tags, gold) if all(g is not None for g in gold) else {}), preds
-  gold = split.arrays["label"]
-  if task == "regression":
-    scores = logits[..., 0]
-    preds = [{"text": ex["text"], "score": float(s)} for ex, s in zip(split.examples, scores)]
-    return (M.regression_metrics(scores, gold) if not np.isnan(gold).any() else {}), preds
-  if task == "multi_label":
-    probs = 1.0 / (1.0 + np.exp(-logits))
-    preds = [{"text": ex["text"], "labels": [labels[j] for j in np.flatnonzero(p > 0.5)],
-              "probabilities": dict(zip(labels, map(float, p)))}
-             for ex, p in zip(split.examples, probs)]
-    labelled = all(ex["label"] is not None for ex in split.examples)  # [] is a label set
-    return (M.multi_label_metrics(logits, gold) if labelled else {}), preds
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  preds = [{"text": ex["text"], "label": labels[int(np.argmax(p))],
-            "probabilities": dict(zip(labels, map(float, p)))}
-           for ex, p in zip(split.examples, probs)]
-  labelled = gold >= 0
-  metrics = (M.classification_metrics(logits[labelled], gold[labelled], labels)
-             if labelled.all() else {})
-  return metrics, preds
+  """One split read, its labels checked against ``labels``, and encoded."""
+  examples = read_split(name, task, cfg.data)
+  check_labels(examples, task, labels, name)
+  return encode(examples, name, cfg, task, tokenizer, labels)
 
 
 class _TaskDataset:

@@ -26,8 +26,7 @@ import numpy as np
 from flax import nnx
 
 from bertjax import layout, sharding, storage
-from bertjax.config import (ConfigError, FinetuneConfig, ModelConfig, apply_overrides, from_dict,
-                            to_dict)
+from bertjax.config import FinetuneConfig, ModelConfig, from_dict, to_dict
 from bertjax.data.tokenizer import Tokenizer
 from bertjax.inference import Embedder
 from bertjax.model_dir import check_vocab, load_model_dir, save_model_dir
@@ -37,7 +36,7 @@ from bertjax.tasks.data import task_buckets, train_iterator
 from bertjax.tasks.formats import TaskDataError, read_rows, resolve_format, split_source
 from bertjax.tasks.retrieval import pair_metrics
 from bertjax.tasks.seeds import BestDev, run_seeds
-from bertjax.tasks.start import initial_params, load_start, pretrained_values
+from bertjax.tasks.start import StartPoint, load_start, with_overrides
 from bertjax.train.engine import build_engine, run_steps
 from bertjax.train.optim import make_optimizer, schedule
 from bertjax.train.run import open_run, plan_mesh
@@ -103,13 +102,7 @@ def embedding_model_config(source: ModelConfig, cfg: FinetuneConfig) -> ModelCon
   fields = to_dict(source)
   fields.update(heads=[], sentence_pooling=cfg.embedding.pooling,
                 sentence_normalize=cfg.embedding.normalize, generator_width_fraction=0.0)
-  model_cfg = apply_overrides(from_dict(ModelConfig, fields, prefix="model"),
-                              list(cfg.model_overrides))
-  need = cfg.data.max_seq_length + model_cfg.position_offset
-  if model_cfg.position_embedding == "absolute" and model_cfg.max_position_embeddings < need:
-    raise ConfigError(f"data.max_seq_length={cfg.data.max_seq_length} exceeds the model's "
-                      f"{model_cfg.max_position_embeddings - model_cfg.position_offset} positions")
-  return model_cfg
+  return with_overrides(from_dict(ModelConfig, fields, prefix="model"), cfg)
 
 
 def evaluate_pairs(model: Model, tokenizer: Tokenizer, rows: list[dict[str, str]],
@@ -120,16 +113,16 @@ def evaluate_pairs(model: Model, tokenizer: Tokenizer, rows: list[dict[str, str]
   return pair_metrics(embedder, rows)
 
 
-def finetune_embeddings(cfg: FinetuneConfig, *, devices=None, quiet: bool = False,
+def finetune_embeddings(cfg: FinetuneConfig, task, *, devices=None, quiet: bool = False,
                         stop_event: threading.Event | None = None,
                         allow_config_change: bool = False) -> dict:
   """Train once per seed (as ``tasks.finetune.finetune``); the summary holds each seed's dev
   metrics before training (``dev_at_start``) and at its best step, and its test metrics."""
   run_dir = storage.absolute(cfg.run_dir)
   check_run_dir_path(run_dir)
-  source_cfg, source_params, tokenizer = load_start(cfg)
-  model_cfg = embedding_model_config(source_cfg, cfg)
-  check_vocab(model_cfg.vocab_size, tokenizer.vocab_size, f"init_from={cfg.init_from}",
+  start = load_start(cfg)
+  model_cfg = embedding_model_config(start.config, cfg)
+  check_vocab(model_cfg.vocab_size, start.tokenizer.vocab_size, f"init_from={cfg.init_from}",
               "set data.tokenizer to the model's tokenizer")
   train = read_pairs("train", cfg)
   if len(train) < cfg.train.batch_size:
@@ -137,23 +130,21 @@ def finetune_embeddings(cfg: FinetuneConfig, *, devices=None, quiet: bool = Fals
                         f"{cfg.train.batch_size}")
   dev = read_pairs("validation", cfg) if split_source("validation", cfg.data) else None
   test = read_pairs("test", cfg) if split_source("test", cfg.data) else None
-  arrays = encode_pairs(train, tokenizer, cfg.data.max_seq_length)
-  params = initial_params(model_cfg, source_params, cfg.init_from)
-  del source_params
+  arrays = encode_pairs(train, start.tokenizer, cfg.data.max_seq_length)
+  start = start.for_model(model_cfg)
   mesh = plan_mesh(cfg.mesh, devices, train_batch_size=cfg.train.batch_size,
                    train_eval_batch_size=cfg.train.eval_batch_size)
 
-  train_one = lambda seed, seed_dir: _train_one(cfg, seed, seed_dir, mesh, model_cfg, params,
-                                                tokenizer, arrays, dev, test, quiet=quiet,
+  train_one = lambda seed, seed_dir: _train_one(cfg, task, seed, seed_dir, mesh, model_cfg,
+                                                start, arrays, dev, test, quiet=quiet,
                                                 stop_event=stop_event)
-  return run_seeds(cfg, run_dir, train_one, splits=("dev_at_start", "dev", "test"),
+  return run_seeds(cfg, task, run_dir, train_one, splits=("dev_at_start", "dev", "test"),
                    allow_config_change=allow_config_change)
 
 
-def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: ModelConfig,
-               params: dict, tokenizer: Tokenizer, arrays: dict, dev, test, *, quiet,
-               stop_event) -> dict:
-  tc, e = cfg.train, cfg.embedding
+def _train_one(cfg: FinetuneConfig, task, seed: int, run_dir: Path, mesh, model_cfg: ModelConfig,
+               start: StartPoint, arrays: dict, dev, test, *, quiet, stop_event) -> dict:
+  tc, e, tokenizer = cfg.train, cfg.embedding, start.tokenizer
   steps_per_epoch = max(1, len(arrays["anchor_ids"]) // tc.batch_size)
   steps = max(1, math.ceil(tc.epochs * steps_per_epoch))
   eval_every = tc.eval_every or steps_per_epoch
@@ -175,23 +166,23 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     graphdef, abstract_params = sharding.abstract_model(make)
     engine = build_engine(graphdef, abstract_params, objective, tx, seed=seed, total_steps=steps,
                           example_batch=example, lr_schedule=lr, max_skips=tc.max_skips)
-    start = run.restore(engine, batches)
-    if start is None:
-      engine.init(make, values=pretrained_values(cfg.init_from, params, engine))
-    start = start or 0
-    best = BestDev(cfg, run_dir, run,
-                   lambda: save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True))
+    step = run.restore(engine, batches)
+    if step is None:
+      engine.init(make, values=start.values(engine))
+    step = step or 0
+    save = lambda: save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
+    best = BestDev(cfg, task, run_dir, run, save)
     at_start = best.best.get("at_start")  # the dev metrics before the first step
-    if dev is not None and at_start is None and start == 0:
+    if dev is not None and at_start is None and step == 0:
       at_start = evaluate_pairs(engine.model(), tokenizer, dev, cfg)
-      run.log(f"step {start}: dev {cfg.metric} {at_start[cfg.metric]:.4f} before training")
+      run.log(f"step 0: dev {best.metric} {at_start[best.metric]:.4f} before training")
 
     def evaluate(step: int) -> bool:
       return best.record(step, evaluate_pairs(engine.model(), tokenizer, dev, cfg),
                          at_start=at_start)
 
     began = time.perf_counter()
-    result = run_steps(engine, batches, run, start=start, steps=steps, log_every=tc.log_every,
+    result = run_steps(engine, batches, run, start=step, steps=steps, log_every=tc.log_every,
                        eval_every=eval_every, evaluate=evaluate if dev is not None else None,
                        data_iterator=batches,
                        tokens_per_step=tc.batch_size * cfg.data.max_seq_length *
@@ -202,7 +193,7 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
     if dev is not None and best.best.get("step") != result.step and not result.stopped_early:
       evaluate(result.step)
     if dev is None:
-      save_model_dir(model_dir, engine.model(), tokenizer, overwrite=True)
+      save()
     out = {"steps": result.step, "train_seconds": train_seconds, "train": result.train,
            "model": str(model_dir)}
     if dev is not None:
@@ -212,5 +203,5 @@ def _train_one(cfg: FinetuneConfig, seed: int, run_dir: Path, mesh, model_cfg: M
       out["test"] = evaluate_pairs(best_model, tokenizer, test, cfg)
       run.writer.write(result.step, out["test"], prefix="test")
   if jax.process_index() == 0:
-    write_text_atomic(run_dir / "result.json", json.dumps(out, indent=2) + "\n")
+    write_text_atomic(run_dir / layout.RESULT, json.dumps(out, indent=2) + "\n")
   return out

@@ -1,4 +1,4 @@
-"""Examples -> fixed-length numpy features for the classification and token tasks.
+"""Examples -> fixed-length numpy features for the sequence and token task types.
 
 Token classification labels the first subword of every word and ignores the rest
 (``label = -100``, as BERT's NER recipe and transformers' run_ner do); predictions are read
@@ -28,29 +28,17 @@ def _stack(rows: list[dict]) -> dict[str, np.ndarray]:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def sequence_features(examples: list[dict], tokenizer: Tokenizer, task: str,
-                      labels: tuple[str, ...], max_length: int) -> dict[str, np.ndarray]:
-  """Single / pair inputs (longest-first truncation) with their label: a class id, a multi-hot
-  vector (multi_label) or a float (regression). Unlabelled examples get label -100 / NaN."""
-  index = {name: i for i, name in enumerate(labels)}
+def sequence_features(examples: list[dict], tokenizer: Tokenizer,
+                      max_length: int) -> dict[str, np.ndarray]:
+  """Single / pair inputs (longest-first truncation); the task type adds the label."""
   texts = tokenizer.tokenize_batch([ex["text"] for ex in examples])
   pairs = (tokenizer.tokenize_batch([ex["text_pair"] or "" for ex in examples])
            if any(ex["text_pair"] is not None for ex in examples) else None)
   rows = []
   for i, ex in enumerate(examples):
     b = pairs[i] if pairs is not None and ex["text_pair"] is not None else None
-    row = _row(tokenizer.build(texts[i], b, max_length=max_length), max_length,
-               tokenizer.pad_id)
-    label = ex["label"]
-    if task == "regression":
-      row["label"] = np.float32(np.nan if label is None else label)
-    elif task == "multi_label":
-      row["label"] = np.zeros(len(labels), np.float32)
-      for name in label or ():
-        row["label"][index[name]] = 1.0
-    else:
-      row["label"] = np.int32(IGNORE if label is None else index[label])
-    rows.append(row)
+    rows.append(_row(tokenizer.build(texts[i], b, max_length=max_length), max_length,
+                     tokenizer.pad_id))
   return _stack(rows)
 
 

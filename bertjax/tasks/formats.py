@@ -12,7 +12,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bertjax import storage
 from bertjax.config import TaskDataConfig
@@ -71,8 +71,13 @@ def data_file(text: str) -> str:
   return str(found[0])
 
 
-def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
-  """The examples of one split ("train", "validation", "test") as configured."""
+# Whole-file formats: a task type reads them with its own reader (``file_readers``).
+_WHOLE_FILE = {"squad": "SQuAD JSON", "conll": "CoNLL"}
+
+
+def read_split(split: str, task, cfg: TaskDataConfig) -> list[dict]:
+  """The examples of one split ("train", "validation", "test") as configured, each made by
+  ``task`` (a ``TaskType``) from its row."""
   where = split_source(split, cfg)
   if not where:
     raise TaskDataError(f"data.{split} is not set")
@@ -82,34 +87,27 @@ def read_split(split: str, task: str, cfg: TaskDataConfig) -> list[dict]:
   else:
     if not storage.as_path(where).is_file():
       raise TaskDataError(f"data.{split}: {where} does not exist")
-    if fmt == "squad":
-      if task != "qa":
-        raise TaskDataError(f"{where}: SQuAD JSON is for task=qa, not {task}")
-      return read_squad(where)
-    if fmt == "conll":
-      if task != "token_classification":
-        raise TaskDataError(f"{where}: CoNLL files are for task=token_classification")
-      return read_conll(where)
+    if fmt in _WHOLE_FILE:
+      if fmt not in task.file_readers:
+        raise TaskDataError(f"{where}: {_WHOLE_FILE[fmt]} files are not data for "
+                            f"task={task.name} (data.format={fmt})")
+      return task.file_readers[fmt](where)
     rows = read_rows(where, fmt, cfg)
-  if task == "qa":
-    return [_qa_row(r, where, i) for i, r in enumerate(rows)]
-  if task == "token_classification":
-    examples = [_token_row(r, where, i, cfg) for i, r in enumerate(rows)]
-  else:
-    examples = [_text_row(r, where, i, cfg, task) for i, r in enumerate(rows)]
-  _check_labelled(examples, split, "tags" if task == "token_classification" else "label",
-                  cfg.tags_field if task == "token_classification" else cfg.label_field)
+  examples = [task.example(r, where, i, cfg) for i, r in enumerate(rows)]
+  if task.label_key:
+    _check_labelled(examples, split, task.label_key, cfg)
   return examples
 
 
-def _check_labelled(examples: list[dict], split: str, key: str, field: str) -> None:
-  """Training needs every label; an eval file is labelled throughout or not at all."""
+def _check_labelled(examples: list[dict], split: str, key: str, cfg: TaskDataConfig) -> None:
+  """Training needs every label; an eval file is labelled throughout or not at all. ``key``
+  is the example's label field ("label", "tags"), named in the config by data.<key>_field."""
   unlabelled = [ex for ex in examples if ex[key] is None]
   if unlabelled and (split == "train" or len(unlabelled) < len(examples)):
     why = "training needs a label on every example" if split == "train" else \
         "other examples of this file have one"
-    raise TaskDataError(f"{unlabelled[0]['where']}: no {field!r} ({why}; check "
-                        f"data.{'tags_field' if key == 'tags' else 'label_field'})")
+    raise TaskDataError(f"{unlabelled[0]['where']}: no {getattr(cfg, key + '_field')!r} "
+                        f"({why}; check data.{key}_field)")
 
 
 # -- rows ------------------------------------------------------------------------------------
@@ -183,56 +181,36 @@ def _field(row: dict, name: str, where: str) -> Any:
 def _string(row: dict, name: str, where: str) -> str:
   value = _field(row, name, where)
   if not isinstance(value, str):
-    raise TaskDataError(f"{where}: field {name!r} is {_shown(value)}, not a string")
+    raise TaskDataError(f"{where}: field {name!r} is {shown(value)}, not a string")
   return value
 
 
 def _strings(row: dict, name: str, where: str) -> list[str]:
   value = _field(row, name, where)
   if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-    raise TaskDataError(f"{where}: field {name!r} is {_shown(value)}, not a list of strings")
+    raise TaskDataError(f"{where}: field {name!r} is {shown(value)}, not a list of strings")
   return value
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
   return json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
 
 
-def _label(row: dict, path: str, n: int, cfg: TaskDataConfig, task: str):
-  """The row's label in the task's form, or None when the row has none."""
-  field = cfg.label_field
-  label = row.get(field)
-  if label is None or (label == "" and task != "multi_label"):
-    return None
-  if task == "regression":
-    try:
-      value = float(label)
-    except (TypeError, ValueError):
-      value = float("nan")
-    if isinstance(label, bool) or value != value:
-      raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a number")
-    return value
-  if task == "multi_label":
-    if isinstance(label, str):
-      label = [x.strip() for x in label.split(cfg.label_separator) if x.strip()]
-    if not isinstance(label, list) or not all(isinstance(x, (str, int)) for x in label):
-      raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a list of labels")
-    return [str(x) for x in label]
-  if not isinstance(label, (str, int)):  # bool is an int
-    raise TaskDataError(f"{path}:{n}: {field}={_shown(label)} is not a label (a string or an "
-                        "integer)")
-  return str(label)
-
-
-def _text_row(item, path: str, i: int, cfg: TaskDataConfig, task: str) -> dict:
+def text_example(item: tuple[int, dict], path: str, cfg: TaskDataConfig,
+                 parse_label: Callable[[Any, str, TaskDataConfig], Any]) -> dict:
+  """A text (pair) row -> ``{"text", "text_pair", "label", "where"}``; ``parse_label(raw,
+  where, cfg)`` gives the label its task's form (None: unlabelled)."""
   n, row = item
-  text = _string(row, cfg.text_field, f"{path}:{n}")
-  pair = _string(row, cfg.text_pair_field, f"{path}:{n}") if cfg.text_pair_field else None
-  return {"text": text, "text_pair": pair, "label": _label(row, path, n, cfg, task),
-          "where": f"{path}:{n}"}
+  where = f"{path}:{n}"
+  text = _string(row, cfg.text_field, where)
+  pair = _string(row, cfg.text_pair_field, where) if cfg.text_pair_field else None
+  raw = row.get(cfg.label_field)
+  return {"text": text, "text_pair": pair,
+          "label": None if raw is None else parse_label(raw, where, cfg), "where": where}
 
 
-def _token_row(item, path: str, i: int, cfg: TaskDataConfig) -> dict:
+def token_example(item: tuple[int, dict], path: str, cfg: TaskDataConfig) -> dict:
+  """A row of ``tokens_field`` and ``tags_field`` lists -> ``{"tokens", "tags", "where"}``."""
   n, row = item
   tokens = _strings(row, cfg.tokens_field, f"{path}:{n}")
   tags = (_strings(row, cfg.tags_field, f"{path}:{n}") if row.get(cfg.tags_field) is not None
@@ -242,7 +220,9 @@ def _token_row(item, path: str, i: int, cfg: TaskDataConfig) -> dict:
   return {"tokens": tokens, "tags": tags, "where": f"{path}:{n}"}
 
 
-def _qa_row(item, path: str, i: int) -> dict:
+def qa_example(item: tuple[int, dict], path: str, i: int) -> dict:
+  """A row of ``question``, ``context`` and ``answers`` (SQuAD's or HF datasets' layout); the
+  id is the row's ``id`` or its index."""
   n, row = item
   where = f"{path}:{n}"
   question, context = _string(row, "question", where), _string(row, "context", where)
@@ -253,7 +233,7 @@ def _qa_row(item, path: str, i: int) -> dict:
       raise TaskDataError(f"{where}: answers needs equally long 'text' and 'answer_start' lists")
     answers = [{"text": t, "answer_start": s} for t, s in zip(texts, starts)]
   if not isinstance(answers, list):
-    raise TaskDataError(f"{where}: answers is {_shown(answers)}, not a list")
+    raise TaskDataError(f"{where}: answers is {shown(answers)}, not a list")
   answers = [_answer(a, context, where) for a in answers]
   return {"id": str(row.get("id", i)), "question": question, "context": context,
           "answers": answers, "is_impossible": not answers}
@@ -263,7 +243,7 @@ def _answer(answer: Any, context: str, where: str) -> dict:
   """``{"text", "answer_start"}``, checked against the context it points into."""
   if not isinstance(answer, dict) or not isinstance(answer.get("text"), str) or \
       not isinstance(answer.get("answer_start"), int) or isinstance(answer["answer_start"], bool):
-    raise TaskDataError(f"{where}: answer {_shown(answer)} needs a string 'text' and an "
+    raise TaskDataError(f"{where}: answer {shown(answer)} needs a string 'text' and an "
                         "integer 'answer_start'")
   start, text = answer["answer_start"], answer["text"]
   if start < 0 or context[start:start + len(text)] != text:
@@ -345,34 +325,27 @@ def _sort_labels(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def infer_labels(examples: list[dict], task: str, given: tuple[str, ...] = ()) -> tuple[str, ...]:
-  """The label set: ``given`` or the sorted labels of the train examples."""
-  if task in ("regression", "qa"):
+def infer_labels(examples: list[dict], task, given: tuple[str, ...] = ()) -> tuple[str, ...]:
+  """The label set of ``task`` (a ``TaskType``): ``given`` or the sorted labels of the train
+  examples; () for a type without one."""
+  if not task.has_label_set:
     return ()
   if given:
     return tuple(given)
-  seen: set[str] = set()
-  for ex in examples:
-    if task == "token_classification":
-      seen.update(ex["tags"] or ())
-    elif task == "multi_label":
-      seen.update(ex["label"] or ())
-    elif ex["label"] is not None:
-      seen.add(ex["label"])
+  seen = {label for ex in examples for label in task.labels_of(ex) if label is not None}
   if not seen:
     raise TaskDataError("no labels found in the train split (check data.label_field / "
                         "data.tags_field)")
   return tuple(_sort_labels(seen))
 
 
-def check_labels(examples: list[dict], task: str, labels: tuple[str, ...], split: str) -> None:
+def check_labels(examples: list[dict], task, labels: tuple[str, ...], split: str) -> None:
   """An eval label that the model cannot predict is an error, not a silent miss."""
+  if not task.has_label_set:
+    return
   known = set(labels)
   for ex in examples:
-    found = (ex.get("tags") if task == "token_classification" else
-             ex.get("label") if task == "multi_label" else
-             [ex.get("label")] if task == "classification" else None) or []
-    for label in found:
+    for label in task.labels_of(ex):
       if label is not None and label not in known:
         raise TaskDataError(f"{ex['where']}: {split} label {label!r} is not in the label set "
                             f"{list(labels)} (from the train split or data.labels)")

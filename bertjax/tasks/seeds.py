@@ -20,7 +20,8 @@ RESUMABLE = ("name", "run_dir", "train.epochs", "train.eval_every", "train.log_e
              "train.max_consecutive_skips", "checkpoint", "mesh")
 
 
-def run_seeds(cfg: FinetuneConfig, run_dir: Path, train_one: Callable[[int, Path], dict], *,
+def run_seeds(cfg: FinetuneConfig, task, run_dir: Path,
+              train_one: Callable[[int, Path], dict], *,
               splits: tuple[str, ...] = ("dev", "test"), extra: dict | None = None,
               allow_config_change: bool = False) -> dict:
   """``train_one(seed, seed_dir) -> result`` per seed; a preempted seed stops the run (status
@@ -34,7 +35,7 @@ def run_seeds(cfg: FinetuneConfig, run_dir: Path, train_one: Callable[[int, Path
       if runs[seed].get("preempted"):
         write_status(run_dir, "preempted", step=runs[seed]["step"], seed=seed)
         return {"preempted": True, "seed": seed, **runs[seed]}
-    summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": cfg.metric,
+    summary = {"task": cfg.task, "init_from": cfg.init_from, "metric": task.metric(cfg),
                **(extra or {}), "seeds": {str(s): r for s, r in runs.items()}}
     for split in splits:
       keys = set.intersection(*(set(r.get(split) or {}) for r in runs.values()))
@@ -48,24 +49,26 @@ def run_seeds(cfg: FinetuneConfig, run_dir: Path, train_one: Callable[[int, Path
 
 
 class BestDev:
-  """A seed's dev evaluations: the best value of ``cfg.metric`` so far, the model folder saved
-  when it improves, ``best.json`` (read back on resume, with any ``extra`` kept in it) and
+  """A seed's dev evaluations: the best value of the task type's metric so far, the model folder
+  saved when it improves, ``best.json`` (read back on resume, with any ``extra`` kept in it) and
   early-stopping patience."""
 
-  def __init__(self, cfg: FinetuneConfig, run_dir: Path, run, save_model: Callable[[], None]):
+  def __init__(self, cfg: FinetuneConfig, task, run_dir: Path, run,
+               save_model: Callable[[], None]):
     self.cfg, self.run, self.save_model = cfg, run, save_model
+    self.metric = task.metric(cfg)
+    self.lower_is_better = self.metric in task.minimize
     self.file = run_dir / layout.BEST
     self.best = json.loads(self.file.read_text()) if self.file.exists() else {}
 
   def better(self, value: float) -> bool:
     old = self.best.get("value")
-    lower_is_better = self.cfg.metric == "mse"
-    return old is None or (value < old if lower_is_better else value > old)
+    return old is None or (value < old if self.lower_is_better else value > old)
 
   def record(self, step: int, metrics: dict, **extra) -> bool:
     """Log ``metrics`` of ``step``; True = stop (patience exhausted)."""
     self.run.writer.write(step, metrics, prefix="eval")
-    value = metrics[self.cfg.metric]
+    value = metrics[self.metric]
     if self.better(value):
       self.best = {"step": step, "value": value, "metrics": metrics, "bad_evals": 0}
       self.save_model()
@@ -74,7 +77,7 @@ class BestDev:
     self.best.update(extra)
     if jax.process_index() == 0:
       write_text_atomic(self.file, json.dumps(self.best, indent=2) + "\n")
-    self.run.log(f"step {step}: dev {self.cfg.metric} {value:.4f} (best {self.best['value']:.4f} "
+    self.run.log(f"step {step}: dev {self.metric} {value:.4f} (best {self.best['value']:.4f} "
                  f"at step {self.best['step']})")
     patience = self.cfg.train.early_stopping_patience
     return patience is not None and self.best["bad_evals"] >= patience
