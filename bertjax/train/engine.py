@@ -179,98 +179,115 @@ def run_steps(engine: Engine, batches: Iterator[dict], run: Run, *, start: int, 
   at the last step: the caller evaluates the final state) and returns True to stop early.
   ``data_iterator`` (a grain iterator) is saved with every checkpoint. A halted non-finite
   guard raises ``NonFiniteError`` before anything else is saved or evaluated."""
-  objective = engine.objective
-  checkpointer, writer, preempted = run.checkpointer, run.writer, run.stop
-  progress = run.show_progress(steps, start)
-  pending = None  # (step, metrics on device) of the step before the current one
-  # tokens/s and MFU over completed device work: the wall time between reading back two steps'
-  # metrics (each read waits for its step), over the steps completed in between -- checkpoints
-  # and evaluations inside a window count, compilation (before the first read) does not
-  window_start, window_step, last = 0.0, None, {}
-  step, stopped_early, skipped = start, False, 0
-
-  def guard_check(guard) -> None:
-    """Stop on a halted guard; report newly skipped steps."""
-    nonlocal skipped
-    g = {k: int(v) for k, v in to_host(guard).items()}
-    if g["halted"]:
-      saved = checkpointer.latest_step()
-      where = (f"step {g['last_bad']}: the loss or the gradients are not finite "
-               "(train.on_nonfinite=stop)" if engine.max_skips == 0 else
-               f"steps {g['last_bad'] - g['in_a_row'] + 1}-{g['last_bad']}: {g['in_a_row']} "
-               f"non-finite steps in a row (train.max_consecutive_skips={engine.max_skips})")
-      raise NonFiniteError(
-          f"{where}; training stopped without saving them -- the last checkpoint is "
-          f"{'none' if saved is None else f'step {saved}'}; lower optim.learning_rate"
-          + (" or resume with train.on_nonfinite=skip" if engine.max_skips == 0 else ""))
-    if g["skipped"] > skipped:
-      run.log(f"step {g['last_bad']}: non-finite loss or gradients, update skipped "
-              f"({g['skipped']} skipped so far)")
-      skipped = g["skipped"]
-
-  def finalized(done) -> dict:
-    host = to_host(done)
-    guard_check(host.pop("guard"))
-    m = objective.finalize(host)
-    m.update(grad_norm=float(host["grad_norm"]))
-    if "learning_rate" in host:
-      m["learning_rate"] = float(host["learning_rate"])
-    if skipped:
-      m["skipped_steps"] = skipped
-    return m
-
-  def status(m: dict) -> str:
-    line = f"loss {m['loss']:.4f}"
-    if "tokens_per_second" in m:
-      line += f" {m['tokens_per_second']:,.0f} tok/s"
-    return line + (f" MFU {m['mfu']:.1%}" if "mfu" in m else "")
-
-  def log(done_step, done):
-    nonlocal window_start, window_step, last
-    m = finalized(done)  # waits until done_step completed on the device
-    now = time.perf_counter()
-    if window_step is not None and tokens_per_step and done_step > window_step:
-      tps = tokens_per_step * (done_step - window_step) / (now - window_start)
-      m["tokens_per_second"] = tps
-      if flops_per_step and peak_flops:
-        m["mfu"] = flops_per_step * tps / tokens_per_step / peak_flops
-    writer.write(done_step, m)
-    last = m
-    window_start, window_step = now, done_step
-    progress.update(done_step, status(m))
-
-  def save(force: bool = False) -> None:
-    guard_check(engine.state.guard)  # never a halted state
-    if checkpointer.save(step, engine.state, data_iterator, force=force):
-      progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
-      writer.checkpointed(step)  # the history up to it reaches the run folder with it
-
+  host = _Host(engine, run, data_iterator, steps, start)
+  speed = _Throughput(tokens_per_step, flops_per_step, peak_flops)
+  step, stopped_early, last = start, False, {}
+  pending = None  # (step, metrics still on the device) of the step before the current one
   while step < steps and not stopped_early and not run.should_stop():
-    batch = engine.batch(next(batches))
-    engine.state, metrics = engine.train_step(engine.state, batch)
+    engine.state, metrics = engine.train_step(engine.state, engine.batch(next(batches)))
     step += 1
-    if pending is not None:  # read last step's metrics: the device is already past them
-      done_step, done = pending
-      if done_step % log_every == 0 or done_step == start + 1:
-        log(done_step, done)
+    # The previous step's metrics: the device is already past it, so reading them does not
+    # stall the step just dispatched.
+    if pending is not None and (pending[0] % log_every == 0 or pending[0] == start + 1):
+      last = host.metrics(pending[1])
+      speed.add_to(last, pending[0])
+      host.write(pending[0], last)
     pending = (step, metrics)
     if on_step is not None:
       on_step(step)
     if evaluate is not None and eval_every and step % eval_every == 0 and step < steps:
-      guard_check(engine.state.guard)
+      host.check_guard(engine.state.guard)  # never evaluate a halted state
       stopped_early = bool(evaluate(step))
-    if checkpointer.should_save(step):
-      save()
-    progress.update(step)
+    if run.checkpointer.should_save(step):
+      host.save(step)
+    host.progress.update(step)
+
   if pending is not None:  # the last step's row (also the step a SIGTERM saves)
-    m = finalized(pending[1])
-    writer.write(pending[0], m)
+    m = host.metrics(pending[1])
+    host.write(pending[0], m)
     last = {**last, **m}
-    progress.update(pending[0], status(m))
-  if checkpointer.latest_step() != step:
-    save(force=True)
-  checkpointer.wait()
-  if preempted.is_set() and step < steps:
-    progress.log(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+  if run.checkpointer.latest_step() != step:
+    host.save(step, force=True)
+  run.checkpointer.wait()
+  if run.stop.is_set() and step < steps:
+    host.progress.log(f"SIGTERM: saved step {step} to {run.checkpointer.directory}; exiting")
     return LoopResult(step, True, False, last)
   return LoopResult(step, False, stopped_early, last)
+
+
+class _Host:
+  """What ``run_steps`` does on the host besides dispatching steps: reading a step's metrics
+  back (the non-finite guard with them), writing them, and checkpoints."""
+
+  def __init__(self, engine: Engine, run: Run, data_iterator, steps: int, start: int):
+    self.engine, self.run, self.data_iterator = engine, run, data_iterator
+    self.progress = run.show_progress(steps, start)
+    self.skipped = 0  # non-finite steps skipped so far (train.on_nonfinite=skip)
+
+  def check_guard(self, guard) -> None:
+    """Stop on a halted guard; report newly skipped steps."""
+    g = {k: int(v) for k, v in to_host(guard).items()}
+    max_skips = self.engine.max_skips
+    if g["halted"]:
+      saved = self.run.checkpointer.latest_step()
+      where = (f"step {g['last_bad']}: the loss or the gradients are not finite "
+               "(train.on_nonfinite=stop)" if max_skips == 0 else
+               f"steps {g['last_bad'] - g['in_a_row'] + 1}-{g['last_bad']}: {g['in_a_row']} "
+               f"non-finite steps in a row (train.max_consecutive_skips={max_skips})")
+      raise NonFiniteError(
+          f"{where}; training stopped without saving them -- the last checkpoint is "
+          f"{'none' if saved is None else f'step {saved}'}; lower optim.learning_rate"
+          + (" or resume with train.on_nonfinite=skip" if max_skips == 0 else ""))
+    if g["skipped"] > self.skipped:
+      self.run.log(f"step {g['last_bad']}: non-finite loss or gradients, update skipped "
+                   f"({g['skipped']} skipped so far)")
+      self.skipped = g["skipped"]
+
+  def metrics(self, on_device: dict) -> dict:
+    """A step's summed metrics -> the logged ones (waits until that step completed)."""
+    host = to_host(on_device)
+    self.check_guard(host.pop("guard"))
+    m = self.engine.objective.finalize(host)
+    m.update(grad_norm=float(host["grad_norm"]))
+    if "learning_rate" in host:
+      m["learning_rate"] = float(host["learning_rate"])
+    if self.skipped:
+      m["skipped_steps"] = self.skipped
+    return m
+
+  def write(self, step: int, m: dict) -> None:
+    self.run.writer.write(step, m)
+    line = f"loss {m['loss']:.4f}"
+    if "tokens_per_second" in m:
+      line += f" {m['tokens_per_second']:,.0f} tok/s"
+    self.progress.update(step, line + (f" MFU {m['mfu']:.1%}" if "mfu" in m else ""))
+
+  def save(self, step: int, force: bool = False) -> None:
+    self.check_guard(self.engine.state.guard)  # never a halted state
+    checkpointer = self.run.checkpointer
+    if checkpointer.save(step, self.engine.state, self.data_iterator, force=force):
+      self.progress.log(f"step {step}: checkpoint saving to {checkpointer.directory}")
+      self.run.writer.checkpointed(step)  # the history up to it reaches the run folder with it
+
+
+@dataclasses.dataclass
+class _Throughput:
+  """tokens/s and MFU over completed device work: the wall time between reading back two
+  steps' metrics (each read waits for its step), over the steps completed in between --
+  checkpoints and evaluations inside a window count, compilation (before the first read) does
+  not."""
+
+  tokens_per_step: int
+  flops_per_step: float
+  peak_flops: float
+  since: float = 0.0
+  since_step: int | None = None
+
+  def add_to(self, m: dict, step: int) -> None:
+    now = time.perf_counter()
+    if self.since_step is not None and self.tokens_per_step and step > self.since_step:
+      tps = self.tokens_per_step * (step - self.since_step) / (now - self.since)
+      m["tokens_per_second"] = tps
+      if self.flops_per_step and self.peak_flops:
+        m["mfu"] = self.flops_per_step * tps / self.tokens_per_step / self.peak_flops
+    self.since, self.since_step = now, step
