@@ -129,3 +129,31 @@ def test_negatives_are_the_global_batch_on_a_sharded_mesh():
   per_shard = np.mean([float(ranking_loss(*(e[i:i + 2] for e in embedded))[0].mean())
                        for i in range(0, 16, 2)])
   assert per_shard < one_loss - 0.5, (per_shard, one_loss)
+
+
+def test_negatives_are_global_across_two_processes(tmp_path):
+  """The same 16 pairs on a 2-process x 4-device mesh (jax.distributed, 8 pairs per process):
+  loss and gradients equal one device's -- the negatives cross the process boundary."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+
+  import portpicker
+
+  tests = Path(__file__).resolve().parent
+  port, out = portpicker.pick_unused_port(), tmp_path / "two.npz"
+  env = dict(os.environ, PYTHONPATH=f"{tests}:{tests.parent}")
+  env.pop("XLA_FLAGS", None)
+  procs = [subprocess.Popen([sys.executable, str(tests / "mp_contrastive.py"), str(i), str(port),
+                             str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  one_loss, one = _loss_and_grads(ContrastiveObjective(), _tiny(),
+                                  {k: jnp.asarray(v) for k, v in _pairs().items()})
+  two = np.load(out)
+  assert abs(float(two["loss"]) - one_loss) <= 1e-5 * max(1.0, abs(one_loss))
+  for name in one:
+    np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=1e-6, err_msg=name)
