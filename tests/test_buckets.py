@@ -44,6 +44,29 @@ def _stream(sampler, start, count):
   return [sampler[i] for i in range(start, start + count)]
 
 
+def test_pair_columns_get_their_own_buckets_through_the_iterator():
+  """Anchors and positives (lengths [n, 2]): each column of a global batch is padded to the
+  bucket of its own longest row, so short anchors are not padded to long positives."""
+  from bertjax.tasks.data import train_iterator
+
+  rng = np.random.default_rng(0)
+  n, b, buckets = 64, 8, (16, 32, 64, 128)
+  lengths = np.stack([rng.integers(3, 30, n), rng.integers(40, 128, n)], 1)
+  s = LengthGroupedSampler(lengths, seed=1, buckets=buckets, group=False, local_batch=b)
+  items = _stream(s, 0, n)
+  for k in range(n // b):
+    rows = [ex for _, ex, _ in items[k * b:(k + 1) * b]]
+    assert {bk for _, _, bk in items[k * b:(k + 1) * b]} == {
+        tuple(bucket_for(int(lengths[rows, c].max()), buckets) for c in (0, 1))}
+  arrays = {"a_ids": np.arange(n)[:, None] * np.ones((1, 128), np.int32),
+            "b_ids": np.zeros((n, 128), np.int32)}
+  first = next(train_iterator(arrays, b, 1, buckets=buckets, per_token={"a_ids": 0, "b_ids": 1},
+                              group=False, lengths=lengths))
+  assert (first["a_ids"].shape[1], first["b_ids"].shape[1]) == items[0][2]
+  assert first["a_ids"].shape[1] < first["b_ids"].shape[1]
+  assert first["a_ids"][:, 0].tolist() == [ex for _, ex, _ in items[:b]]
+
+
 @pytest.mark.parametrize("n", [96, 101])
 def test_grouped_order_visits_every_example_once_per_epoch(n):
   rng = np.random.default_rng(0)

@@ -56,7 +56,10 @@ class LengthGroupedSampler(EpochSampler):
   order is shuffled within the epoch (transformers' ``group_by_length`` does the same). Global
   batches stay aligned with the stream when the epoch size is not a multiple of the batch: the
   rows that complete the previous epoch's last batch are left as drawn. ``bucket`` is the
-  padded length of the row's *global* batch, so every process pads its rows alike."""
+  padded length of the row's *global* batch, so every process pads its rows alike.
+
+  ``lengths`` [n, columns] (a pair's anchor and positive texts): each column gets its own
+  bucket, ``bucket`` is their tuple, and grouping sorts by a row's longest column."""
 
   def __init__(self, lengths: np.ndarray, seed: int, buckets: tuple[int, ...], *,
                window: int = 64, group: bool = True, local_batch: int = 1,
@@ -64,6 +67,7 @@ class LengthGroupedSampler(EpochSampler):
     super().__init__(len(lengths), seed, shuffle=True, local_batch=local_batch,
                      process_index=process_index, process_count=process_count)
     self.lengths, self.buckets = np.asarray(lengths), tuple(buckets)
+    self._longest = self.lengths if self.lengths.ndim == 1 else self.lengths.max(1)
     self.global_batch = local_batch * process_count
     self.window, self.group = window, group
     self._order: tuple[int, np.ndarray] | None = None
@@ -78,7 +82,7 @@ class LengthGroupedSampler(EpochSampler):
     head = (-epoch * n) % b  # rows that finish the batch begun in the previous epoch
     body = perm[head:]
     windows = [body[i:i + b * self.window] for i in range(0, len(body), b * self.window)]
-    body = np.concatenate([w[np.argsort(-self.lengths[w], kind="stable")] for w in windows]
+    body = np.concatenate([w[np.argsort(-self._longest[w], kind="stable")] for w in windows]
                           ) if windows else body
     full = len(body) // b
     batches = body[:full * b].reshape(full, b)[rng.permutation(full)]
@@ -92,17 +96,19 @@ class LengthGroupedSampler(EpochSampler):
     epoch, j = divmod(position, self.num_examples)
     return epoch, int(self._epoch_order(epoch)[j])
 
-  def _bucket(self, global_batch_index: int) -> int:
+  def _bucket(self, global_batch_index: int) -> int | tuple[int, ...]:
     if global_batch_index not in self._bucket_cache:
       start = global_batch_index * self.global_batch
       rows = [self.example_at(p)[1] for p in range(start, start + self.global_batch)]
       if len(self._bucket_cache) > 4096:
         self._bucket_cache.clear()
-      self._bucket_cache[global_batch_index] = bucket_for(int(self.lengths[rows].max()),
-                                                          self.buckets)
+      longest = self.lengths[rows].max(0)
+      self._bucket_cache[global_batch_index] = (
+          bucket_for(int(longest), self.buckets) if longest.ndim == 0 else
+          tuple(bucket_for(int(x), self.buckets) for x in longest))
     return self._bucket_cache[global_batch_index]
 
-  def __getitem__(self, index: int) -> tuple[int, int, int]:
+  def __getitem__(self, index: int) -> tuple[int, int, int | tuple[int, ...]]:
     position = self.global_position(index)
     epoch, example = self.example_at(position)
     return epoch, example, self._bucket(position // self.global_batch)

@@ -63,24 +63,32 @@ def load_split(name: str, cfg: FinetuneConfig, task, tokenizer: Tokenizer,
 
 
 class _TaskDataset:
-  """(epoch, index, bucket) -> one training row, its per-token arrays cut to the bucket;
+  """(epoch, index, bucket) -> one training row, its per-token arrays cut to their bucket;
   picklable for grain."""
 
-  def __init__(self, arrays: dict[str, np.ndarray], per_token: tuple[str, ...]):
-    self.arrays, self.per_token = arrays, per_token
+  def __init__(self, arrays: dict[str, np.ndarray], per_token: dict[str, int]):
+    self.arrays, self.per_token = arrays, per_token  # key -> its column of the lengths
 
   def __call__(self, item):
     _, index, bucket = item
-    return {k: v[index, :bucket] if k in self.per_token else v[index]
+    buckets = bucket if isinstance(bucket, tuple) else (bucket,)
+    return {k: v[index, :buckets[self.per_token[k]]] if k in self.per_token else v[index]
             for k, v in self.arrays.items()}
 
 
 def train_iterator(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
-                   buckets: tuple[int, ...], per_token: tuple[str, ...], group: bool = True):
+                   buckets: tuple[int, ...], per_token: tuple[str, ...] | dict[str, int],
+                   group: bool = True, lengths: np.ndarray | None = None):
   """Epoch-shuffled batches of this process's rows, rows of similar length together and each
-  batch padded to its bucket (grain; the state goes into checkpoints)."""
+  batch padded to its bucket (grain; the state goes into checkpoints). ``per_token``: the arrays
+  with a length axis, cut to the bucket of ``padding_mask``'s lengths; or, with ``lengths``
+  [n, columns], ``{key: column}``: each column's arrays cut to that column's own bucket (a
+  pair's short anchors are not padded to its long positives)."""
   local = batch_size // jax.process_count()
-  lengths = arrays["padding_mask"].sum(1)
+  if lengths is None:
+    lengths = arrays["padding_mask"].sum(1)
+  if not isinstance(per_token, dict):
+    per_token = dict.fromkeys(per_token, 0)
   sampler = LengthGroupedSampler(lengths, seed, buckets, group=group, local_batch=local,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())

@@ -76,9 +76,8 @@ def read_pairs(split: str, cfg: FinetuneConfig) -> list[dict[str, str]]:
 
 
 def encode_pairs(rows: list[dict[str, str]], tokenizer: Tokenizer, max_length: int) -> dict:
-  """{column}_ids / {column}_mask arrays [n, max_length] ([CLS] text [SEP], truncated) and
-  ``padding_mask`` = the longest column's mask (the length the batch sampler buckets by)."""
-  arrays, longest = {}, np.zeros(len(rows), int)
+  """{column}_ids / {column}_mask arrays [n, max_length] ([CLS] text [SEP], truncated)."""
+  arrays = {}
   body = max_length - tokenizer.num_special_tokens[0]
   for column in COLUMNS:
     if column not in rows[0]:
@@ -92,9 +91,20 @@ def encode_pairs(rows: list[dict[str, str]], tokenizer: Tokenizer, max_length: i
       lengths[i] = len(row)
     arrays[f"{column}_ids"] = ids
     arrays[f"{column}_mask"] = np.arange(max_length)[None] < lengths[:, None]
-    longest = np.maximum(longest, lengths)
-  arrays["padding_mask"] = np.arange(max_length)[None] < longest[:, None]
   return arrays
+
+
+def pair_batches(arrays: dict, cfg: FinetuneConfig, seed: int):
+  """-> (training batches, an example batch). Random batches: not grouped by length (rows of
+  one length would make easier negatives); each column (anchors, positives, negatives) padded
+  to its own length bucket, as sentence-transformers pads each column to its longest."""
+  columns = [c for c in COLUMNS if f"{c}_ids" in arrays]
+  lengths = np.stack([arrays[f"{c}_mask"].sum(1) for c in columns], 1)  # [n, columns]
+  per_token = {f"{c}_{kind}": i for i, c in enumerate(columns) for kind in ("ids", "mask")}
+  batches = train_iterator(arrays, cfg.train.batch_size, seed,
+                           buckets=task_buckets(cfg, lengths.ravel()), per_token=per_token,
+                           group=False, lengths=lengths)
+  return batches, {k: v[:cfg.train.batch_size] for k, v in arrays.items()}
 
 
 def embedding_model_config(source: ModelConfig, cfg: FinetuneConfig) -> ModelConfig:
@@ -153,12 +163,7 @@ def _train_one(cfg: FinetuneConfig, task, seed: int, run_dir: Path, mesh, model_
   model_dir = run_dir / layout.MODEL
   objective = ContrastiveObjective(pooling=e.pooling, scale=e.scale, symmetric=e.symmetric,
                                    chunk=e.chunk)
-  per_token = tuple(k for k in arrays if k.endswith(("_ids", "_mask")) or k == "padding_mask")
-  # random batches (no length grouping): rows of one length would make easier negatives
-  batches = train_iterator(arrays, tc.batch_size, seed,
-                           buckets=task_buckets(cfg, arrays["padding_mask"].sum(1)),
-                           per_token=per_token, group=False)
-  example = {k: v[:tc.batch_size] for k, v in arrays.items()}
+  batches, example = pair_batches(arrays, cfg, seed)
 
   with open_run(run_dir, mesh, cfg.mesh, cfg.checkpoint, quiet=quiet,
                 label=f"embedding seed {seed}", stop_event=stop_event) as run:
