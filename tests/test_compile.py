@@ -65,6 +65,15 @@ def test_compile_pretraining_step(tmp_path, capsys, topology, slices, chip, hbm)
   assert 0.9 < r["xla_over_analytic"] < 1.15, r["xla_over_analytic"]  # + norms, softmax, Adam
   assert 0 < r["roofline_mfu"] < 1
   assert "fits" in text.out and f"{slices} x {topology}" in text.out
+  # collectives from the TPU program: only a multislice step talks over DCN (its gradients
+  # all-reduced across slices through the megascale runtime); communication widens the estimate
+  dcn = [k for k in r["collectives"] if k.endswith("(DCN)")]
+  assert (dcn != []) == (slices > 1) and (slices == 1 or "all-reduce (DCN)" in dcn)
+  assert r["collectives"]["all-gather (ICI)"]["bytes"] > 0  # FSDP gathers its weights
+  low, high = r["step_seconds_range"]
+  assert r["roofline_step_seconds"] <= low <= high and (r["dcn_seconds"] > 0) == (slices > 1)
+  assert 0 < r["mfu_range"][0] <= r["mfu_range"][1] <= r["roofline_mfu"]
+  assert "communication: ICI" in text.out and "not modelled" in text.out
 
 
 def test_over_budget_is_one_line_with_advice(tmp_path, capsys):

@@ -66,23 +66,33 @@ def step_flops_per_token(cfg: ExperimentConfig, teacher: ModelConfig | None = No
 
 class Chip(NamedTuple):
   """An accelerator chip as its maker publishes it: dense bf16 peak FLOP/s, HBM bytes and
-  bytes/s."""
+  bytes/s; for TPUs the bidirectional inter-chip interconnect (ICI) bytes/s per chip and the
+  data-center network (DCN) bytes/s per chip between slices, where published (None: not)."""
   name: str
   peak_flops: float
   hbm_bytes: float
   hbm_bandwidth: float
+  ici_bandwidth: float | None = None
+  dcn_bandwidth: float | None = None
 
 
 _GiB = 2.0**30
-# by ``device_kind`` (compile-only devices report the same); MaxText's MFU denominators
+# by ``device_kind`` (compile-only devices report the same); MaxText's MFU denominators.
+# ICI and DCN from the Cloud TPU system-architecture pages (docs.cloud.google.com/tpu/docs/v5e,
+# /v5p, /v6e): v5e 400 GBps bidirectional ICI per chip and 2 x 100 Gbps NICs per 8-chip host
+# (25 Gbps per chip); v5p 1200 GBps ICI and 50 Gbps DCN per chip; v6e 800 GBps ICI (its DCN per
+# chip is not published there); the v4 page gives neither per chip.
+_V5E = Chip("v5e", 197e12, 16 * _GiB, 819e9, 400e9, 25e9 / 8)
+_V5P = Chip("v5p", 459e12, 95 * _GiB, 2765e9, 1200e9, 50e9 / 8)
+_V6E = Chip("v6e", 918e12, 32 * _GiB, 1640e9, 800e9)
 CHIPS = {
     "TPU v4": Chip("v4", 275e12, 32 * _GiB, 1228e9),
-    "TPU v5 lite": Chip("v5e", 197e12, 16 * _GiB, 819e9),
-    "TPU v5e": Chip("v5e", 197e12, 16 * _GiB, 819e9),
-    "TPU v5p": Chip("v5p", 459e12, 95 * _GiB, 2765e9),
-    "TPU v5": Chip("v5p", 459e12, 95 * _GiB, 2765e9),
-    "TPU v6 lite": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
-    "TPU v6e": Chip("v6e", 918e12, 32 * _GiB, 1640e9),
+    "TPU v5 lite": _V5E,
+    "TPU v5e": _V5E,
+    "TPU v5p": _V5P,
+    "TPU v5": _V5P,
+    "TPU v6 lite": _V6E,
+    "TPU v6e": _V6E,
     # NVIDIA datasheets: dense bf16 Tensor Core FLOP/s (half the "with sparsity" figure), HBM
     # in their decimal GB and TB/s. device_kind is the CUDA device name.
     "NVIDIA H100 PCIe": Chip("H100 PCIe", 756e12, 80e9, 2.0e12),
