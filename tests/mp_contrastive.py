@@ -19,7 +19,7 @@ def main():
   from bertjax import sharding
   from bertjax.objectives.contrastive import ContrastiveObjective
   from bertjax.params import leaf_name
-  from test_contrastive import _pairs, _tiny
+  from contrastive_data import pairs as _pairs, tiny as _tiny
 
   mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
   pairs = _pairs()

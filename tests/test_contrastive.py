@@ -11,12 +11,12 @@ from flax import nnx
 from weights import minilm
 
 from bertjax import sharding
-from bertjax.config import model_config
 from bertjax.interop.hf import load_hf
 from bertjax.interop.registry import get_adapter
 from bertjax.models import Model
 from bertjax.objectives.contrastive import ContrastiveObjective, ranking_loss
 from bertjax.params import assign_flat_params, leaf_name
+from contrastive_data import pairs as _pairs, tiny as _tiny
 
 ANCHORS = ["A man is eating food.", "A woman plays the violin in the park.",
            "The stock market fell sharply today.", "Children are building a sandcastle."]
@@ -77,23 +77,6 @@ def test_equals_sentence_transformers_mnrl(symmetric, negatives):
     assert np.abs(mine - ref).max() <= 1e-5 * scale, (name, np.abs(mine - ref).max())
     compared += 1
   assert compared == len([n for n in theirs if not n.startswith("pooler.")])
-
-
-def _tiny():
-  cfg = model_config("bert-tiny", ["num_layers=2", "hidden_size=32", "num_heads=2",
-                                   "intermediate_size=64", "vocab_size=64", "heads=[]"])
-  return Model(cfg, rngs=nnx.Rngs(0))
-
-
-def _pairs(rows=16, length=12, seed=0):
-  rng = np.random.default_rng(seed)
-  batch = {}
-  for name in ("anchor", "positive", "negative"):
-    ids = rng.integers(5, 64, (rows, length)).astype(np.int32)
-    lengths = rng.integers(3, length + 1, rows)
-    mask = np.arange(length)[None] < lengths[:, None]
-    batch[f"{name}_ids"], batch[f"{name}_mask"] = np.where(mask, ids, 0), mask
-  return batch
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
