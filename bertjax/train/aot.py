@@ -6,7 +6,9 @@ TPU slice (``jax.experimental.topologies``) and compile real programs for its co
 devices. This module builds exactly the engine ``bertjax pretrain`` would (``planning
 .plan_engine``: same objective, batch inputs, gradient accumulation, mesh and rules) over such
 devices, lowers the train and eval steps on abstract inputs and reads what XLA decided: memory
-per device, FLOPs, bytes accessed. Nothing is allocated or executed on any device.
+per device, FLOPs, bytes accessed, and every collective with its ICI/DCN traffic
+(``collectives.py``), which widens the roofline into a step-time range. Nothing is allocated
+or executed on any device.
 """
 
 from __future__ import annotations
