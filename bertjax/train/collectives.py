@@ -130,35 +130,31 @@ def _computations(hlo: str) -> tuple[dict[str, list[str]], str]:
   return comps, entry
 
 
-class _Bound:
-  def __init__(self, n: int):
-    self.n = n
-
-  def group(self, _):
-    return str(self.n)
-
-
-def _condition_bound(comps: dict[str, list[str]], line: str) -> _Bound | None:
-  """A while loop's trip count when XLA does not record it (TPU's windowed-einsum loops): its
-  condition compares the counter against one constant, ``i < N`` from 0."""
+def _trip_count(comps: dict[str, list[str]], line: str) -> int:
+  """A ``while`` loop's trip count: XLA's ``known_trip_count``, else -- TPU's windowed-einsum
+  loops record none -- the bound of a condition that compares the counter against one constant,
+  ``i < N`` from 0; 1 when neither is there."""
+  known = _TRIP.search(line)
+  if known:
+    return int(known.group(1))
   m = re.search(r"condition=(%?[\w.\-]+)", line)
   body = comps.get(m.group(1).lstrip("%"), []) if m else []
   root = next((x for x in body if x.lstrip().startswith("ROOT") and " compare(" in x), "")
   constants = [int(c.group(1)) for x in body
                for c in [re.search(r"\bconstant\((\d+)\)", x)] if c]
-  return _Bound(constants[0]) if "direction=LT" in root and len(constants) == 1 else None
+  return constants[0] if "direction=LT" in root and len(constants) == 1 else 1
 
 
 def _runs_per_step(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
   """How often each computation runs per execution of ``entry``: a while body or condition its
-  loop's known trip count times per run of its caller."""
+  loop's trip count times per run of its caller."""
   callees: dict[str, list[tuple[str, int]]] = defaultdict(list)
   for name, lines in comps.items():
     for line in lines:
-      trip = _TRIP.search(line) or (_condition_bound(comps, line) if " while(" in line else None)
+      trips = _trip_count(comps, line) if " while(" in line else 1
       for m in re.finditer(r"\b(calls|to_apply|body|condition|branch_computations|"
                            r"called_computations)=(?:\{([^}]*)\}|(%?[\w.\-]+))", line):
-        times = int(trip.group(1)) if trip and m.group(1) in ("body", "condition") else 1
+        times = trips if m.group(1) in ("body", "condition") else 1
         for callee in (m.group(2) or m.group(3)).split(","):
           callees[name].append((callee.strip().lstrip("%"), times))
   runs: dict[str, int] = defaultdict(int)
