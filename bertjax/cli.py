@@ -91,9 +91,10 @@ def _train_tokenizer(args) -> None:
   print(json.dumps({"tokenizer": str(out)}))
 
 
-# the commands that compile programs (and so use the persistent compilation cache)
-COMPILING = {"pretrain", "compile", "finetune", "evaluate", "predict", "embed", "fill-mask",
-             "doctor"}
+# the commands that compile programs (and so use the persistent compilation cache); not
+# `compile` and `plan`: an executable for compile-only TPU devices cannot be read back (no
+# client to load it), so caching one only brings a warning the next time
+COMPILING = {"pretrain", "finetune", "evaluate", "predict", "embed", "fill-mask", "doctor"}
 
 
 def _doctor(args) -> None:
@@ -217,6 +218,56 @@ def _compile(args) -> int:
   return 0
 
 
+def _plan(args) -> int:
+  import os
+
+  for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+    os.environ.setdefault(key, value)
+  import jax
+
+  jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+  from bertjax.config import experiment_config
+  from bertjax.train.plan import REMATS, format_plan, search, write_plan
+
+  preset, overrides = _preset_and_overrides(args.args)
+  if args.objective:
+    overrides = [*overrides, f"objective={args.objective}"]
+  cfg = experiment_config(preset, overrides)  # a bad key or value fails before any compile
+  if args.write and Path(args.write).exists():
+    raise FileExistsError(f"--write {args.write}: exists; choose another name")
+  report = search(cfg, args.topology, slices=args.slices, global_batch=args.global_batch,
+                  vocab_size=args.vocab_size, budget_seconds=args.budget * 60, top=args.top,
+                  remats=args.remat or REMATS,
+                  log=lambda line: print(f"bertjax plan: {line}", file=sys.stderr, flush=True))
+  if args.json:
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+  print(format_plan(report))
+  if report["best"] is None:
+    print("bertjax plan: no compiled plan fits; try more chips, a smaller global batch or "
+          "--global-batch max", file=sys.stderr)
+    return 1
+  if args.write:
+    print(json.dumps({"written": str(write_plan(report, preset, overrides, args.write)),
+                      "use": f"bertjax pretrain {args.write}"}))
+  return 0
+
+
+def _global_batch(text: str) -> int | str:
+  return text if text == "max" else _positive(text)
+
+
+def _remats(text: str) -> tuple[str, ...]:
+  from bertjax.train.plan import REMATS
+
+  names = tuple(x for x in text.split(",") if x)
+  bad = [x for x in names if x not in REMATS]
+  if bad or not names:
+    raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(text)}: choose from "
+                                     f"{', '.join(REMATS)}")
+  return names
+
+
 def _plot(args) -> None:
   from bertjax.plot import plot_runs
 
@@ -304,6 +355,31 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--vocab-size", type=_positive, default=None,
                  help="the vocabulary size to compile for (default: the tokenizer's)")
   s.set_defaults(func=_compile)
+
+  s = sub.add_parser("plan", help="search mesh split, remat, microbatch and attention for a "
+                     "Cloud TPU slice (no TPU needed): ranked plans, the best one's overrides")
+  s.add_argument("args", nargs="*", metavar="[PRESET_OR_YAML] [key=value ...]")
+  s.add_argument("--topology", required=True,
+                 help="v5e-16 / v5litepod-16, v5p-128, v6e-64, or GEN:SHAPE (v5e:4x4)")
+  s.add_argument("--slices", type=_positive, default=1, help="multislice: number of slices")
+  s.add_argument("--global-batch", type=_global_batch, default=None, metavar="B|max",
+                 help="sequences per step to plan for (default: train.batch_size); max: the "
+                 "largest microbatch per chip that fits, ranked by tokens/s per chip")
+  s.add_argument("--objective", default=None,
+                 help="the pretraining objective (as objective=...; default: the preset's)")
+  s.add_argument("--remat", type=_remats, default=None, metavar="POLICY[,POLICY...]",
+                 help="the remat policies to search (default: none,dots,names,full)")
+  s.add_argument("--budget", type=_positive_float, default=20.0, metavar="MINUTES",
+                 help="wall-clock budget for the whole search (default 20)")
+  s.add_argument("--top", type=_positive, default=4,
+                 help="plans compiled at full depth besides the given one (default 4): the "
+                 "best predicted, and from 2 on the leader's unrolled twin last")
+  s.add_argument("--vocab-size", type=_positive, default=None,
+                 help="the vocabulary size to plan for (default: the tokenizer's)")
+  s.add_argument("--json", help="write the report to this JSON file")
+  s.add_argument("--write", metavar="FILE", help="write the best plan as an experiment YAML "
+                 "that `bertjax pretrain FILE` takes")
+  s.set_defaults(func=_plan)
 
   s = sub.add_parser("finetune", help="fine-tune a checkpoint on labeled data (a task YAML)")
   s.add_argument("task", metavar="TASK_YAML", help="configs/tasks preset name or YAML path")

@@ -93,7 +93,14 @@ def _arrange(devices: list, sizes: list[int], slices: int) -> np.ndarray:
   if slices == 1:
     if tpu and getattr(devices[0], "slice_index", None) in (None, 0) and len(
         {getattr(d, "slice_index", None) for d in devices}) == 1:
-      return mesh_utils.create_device_mesh(sizes, devices)  # ICI-aware on the torus
+      try:
+        return mesh_utils.create_device_mesh(sizes, devices)  # ICI-aware on the torus
+      except NotImplementedError:  # an axis that is no product of the torus' dimensions
+        torus = "x".join(str(1 + max(d.coords[i] for d in devices))
+                         for i in range(len(devices[0].coords)))
+        raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))}: each axis must be a product of "
+                        f"the slice's torus dimensions ({torus}); change mesh.data/fsdp/"
+                        "tensor") from None
     return np.asarray(devices).reshape(sizes)
   if sizes[0] % slices:
     raise UserError(f"mesh.data={sizes[0]} must be a multiple of mesh.slices={slices} (only "

@@ -152,42 +152,64 @@ def _costs(compiled) -> tuple[float, float]:
   return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
-def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, float] | None:
-  """The costs of ``cfg``'s step with its layers unrolled, without compiling them all: XLA
-  counts a scanned loop body once, so compile the same step unrolled with one and with two
-  groups of layers (ModernBERT: a global/local period; any leading single layer kept) and
-  extend the per-group difference linearly to the real depth. Call under the mesh."""
+def depth_groups(cfg: ExperimentConfig) -> tuple[int, int, float] | None:
+  """How ``cfg``'s layers scan: (single layers before the first scanned run, layers per group,
+  groups in the whole model); None when nothing scans."""
   from bertjax.nn.encoder import plan_segments
-  from bertjax.train.planning import plan_engine
 
   m = cfg.model
   scanned = [seg for seg in plan_segments(m, scan=True) if seg.groups > 1]
   if not scanned:
     return None
   lead, period = scanned[0].start, scanned[0].period  # single layers before the first scan
-  groups = (len(m.block_schedule()) - lead) / period
+  return lead, period, (len(m.block_schedule()) - lead) / period
+
+
+def shallow(cfg: ExperimentConfig, num_groups: int) -> ExperimentConfig:
+  """``cfg`` cut to its leading single layers and ``num_groups`` groups, unrolled."""
+  lead, period, _ = depth_groups(cfg)
+  m, layers = cfg.model, lead + num_groups * period
+  return dataclasses.replace(cfg, model=dataclasses.replace(
+      m, num_layers=layers, scan_layers=False, num_hidden_groups=min(m.num_hidden_groups, layers)))
+
+
+def extend(one: float, two: float, groups: float) -> float:
+  """A figure of the whole depth from the same figure at one and at two groups of layers."""
+  return one + (groups - 1) * (two - one)
+
+
+def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, float] | None:
+  """The costs of ``cfg``'s step with its layers unrolled, without compiling them all: XLA
+  counts a scanned loop body once, so compile the same step unrolled with one and with two
+  groups of layers (ModernBERT: a global/local period; any leading single layer kept) and
+  extend the per-group difference linearly to the real depth. Call under the mesh."""
+  from bertjax.train.planning import plan_engine
+
+  depth = depth_groups(cfg)
+  if depth is None:
+    return None
 
   def at(num_groups: int) -> tuple[float, float]:
-    layers = lead + num_groups * period
-    small = dataclasses.replace(m, num_layers=layers, scan_layers=False,
-                                num_hidden_groups=min(m.num_hidden_groups, layers))
-    engine, _ = plan_engine(dataclasses.replace(cfg, model=small),
+    engine, _ = plan_engine(shallow(cfg, num_groups),
                             {k: jax.ShapeDtypeStruct(*v) for k, v in shapes.items()})
     state = engine.abstract_state()
     return _costs(engine.train_step.lower(state, engine.abstract_batch(shapes)).compile(
         compiler_options=COST_COMPILER_OPTIONS))
 
   one, two = at(1), at(2)
-  return tuple(a + (groups - 1) * (b - a) for a, b in zip(one, two))
+  return tuple(extend(a, b, depth[2]) for a, b in zip(one, two))
 
 
 def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
                         save: str | Path | None = None, vocab_size: int | None = None,
-                        unrolled_costs: bool = True) -> dict[str, Any]:
+                        unrolled_costs: bool = True, costs: tuple[tuple[float, float], str]
+                        | None = None, eval_step: bool = True) -> dict[str, Any]:
   """Compile ``cfg``'s train and eval steps for ``slices`` x ``topology``; -> the report.
   ``vocab_size``: use it instead of the tokenizer's (a production vocabulary you don't have
   here). ``unrolled_costs`` False: skip the two extra compiles that give a scanned step's FLOPs
-  (the report then has memory only)."""
+  (the report then has memory only). ``costs``: ((FLOPs, bytes accessed) per device, where they
+  come from) known already (``bertjax plan``'s calibration), instead of those compiles.
+  ``eval_step`` False: the train step only."""
   from bertjax.objectives import check_objective
   from bertjax.train.planning import distillation_config, plan_engine
 
@@ -219,8 +241,11 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
       compiled, oom = None, _oom_need(str(e)) or (float("nan"), spec.hbm_bytes)
     compile_seconds = time.perf_counter() - began
     eval_compiled = None
-    if compiled is not None:
+    if compiled is not None and eval_step:
       eval_compiled = engine.eval_step.lower(state.params, batch, state.frozen).compile()
+    if compiled is not None and costs is not None:
+      costs, basis = costs
+    elif compiled is not None:
       costs, basis = _costs(compiled), "the compiled step"
       unrolled = (_extrapolated_costs(cfg, shapes) if cfg.model.scan_layers and unrolled_costs
                   else None)
