@@ -11,8 +11,10 @@
   tests/test_docs_guides.py, so the two test workers share the pages.
 - The substitutions (docs/index.md says them to the reader): `pip install` and `python3 -m venv`
   are skipped (this environment is the one the README's test command installed), `bertjax
-  pretrain` / `finetune` run a few steps, and `bertjax compile` compiles a one-layer, narrow
-  model on 64 x 128 tokens with the preset's objective, mesh and topology. Nothing else is changed.
+  pretrain` / `finetune` run a few steps, `bertjax compile` compiles a one-layer, narrow
+  model on 64 x 128 tokens with the preset's objective, mesh and topology, and `bertjax plan`
+  plans that model at two layers (it calibrates on one and two), searching the `names` remat
+  policy (and the given one) and compiling one plan besides the given one. Nothing else is changed.
 - The Sphinx site (MyST guides, the notebooks through myst-nb, the API reference from the
   docstrings) builds with warnings as errors.
 """
@@ -39,13 +41,14 @@ python3() {
   if [ "${1-}" = -m ] && [ "${2-}" = venv ]; then mkdir -p "$3/bin" && : > "$3/bin/activate"
   else command python3 "$@"; fi
 }
+TINY="model.num_layers=1 model.hidden_size=64 model.num_heads=2 model.num_kv_heads=2
+      model.head_dim=32 model.intermediate_size=128 data.max_seq_length=128 train.batch_size=64"
 bertjax() {
   case "${1-}" in
     pretrain) command bertjax "$@" train.steps=4 ;;
     finetune) command bertjax "$@" train.epochs=0.02 ;;
-    compile) command bertjax "$@" model.num_layers=1 model.hidden_size=64 model.num_heads=2 \
-               model.num_kv_heads=2 model.head_dim=32 model.intermediate_size=128 \
-               data.max_seq_length=128 train.batch_size=64 ;;
+    compile) command bertjax "$@" $TINY ;;
+    plan) command bertjax "$@" $TINY model.num_layers=2 --remat names --top 1 ;;
     *) command bertjax "$@" ;;
   esac
 }

@@ -8,7 +8,7 @@ import yaml
 from bertjax.cli import main
 from bertjax.config import experiment_config
 from bertjax.train.flops import CHIPS
-from bertjax.train.plan import Calibration, Model, Plan, baseline, enumerate_plans, write_plan
+from bertjax.train.plan import Calibration, CostModel, Plan, baseline, enumerate_plans, write_plan
 
 V5E = CHIPS["TPU v5e"]
 
@@ -42,7 +42,7 @@ def _model():
                             seconds=1.0)
   # (state, parameters) bytes per chip of each mesh; (1, 8, 1) is the calibration's
   state = {(8, 1, 1): (12e9, 4e9), (1, 8, 1): (1.5e9, 0.5e9), (2, 2, 2): (3e9, 1e9)}
-  return cfg, Model(cfg, V5E, 8, 1, {("names", "einsum"): calibration}, state)
+  return cfg, CostModel(cfg, V5E, 8, 1, {("names", "einsum"): calibration}, state)
 
 
 def test_the_cheap_model_scales_its_calibration():
@@ -121,3 +121,14 @@ def test_bad_plan_arguments_are_one_line(capsys, tmp_path):
   assert len(err) == 1 and "taken.yaml" in err[0]
   assert main(["plan", "bert-demo", "model.remat=sometimes", "--topology", "v5e-4"]) == 2
   assert "model.remat" in capsys.readouterr().err
+
+
+def test_a_mesh_the_torus_cannot_lay_out_is_one_line():
+  from bertjax.errors import UserError
+  from bertjax.sharding import make_mesh
+  from bertjax.train.aot import topology_devices
+
+  devices = topology_devices("v5e-16")  # a 4x4 torus: 1, 4 or 16 chips per mesh axis
+  assert make_mesh({"data": 4, "fsdp": 4}, devices).shape["fsdp"] == 4
+  with pytest.raises(UserError, match=r"torus dimensions \(4x4"):
+    make_mesh({"data": 2, "fsdp": 8}, devices)

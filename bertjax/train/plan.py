@@ -247,7 +247,7 @@ class Estimate:
 OPTIMIZER_PASSES = 28 / 12
 
 
-class Model:
+class CostModel:
   """The cheap model: calibrations + exact state bytes -> an ``Estimate`` for any plan.
 
   A calibration ran on ``ref``, the pure-FSDP mesh, at ``per_chip`` sequences per chip. Its temp
@@ -367,7 +367,7 @@ def _calibration_batch(cfg: ExperimentConfig, chips: int, global_batch: int | No
   return max(1, (global_batch or cfg.train.batch_size) // chips)
 
 
-def _ranked(model: Model, plans: list[Plan], maximise: bool, ranking) -> list[Estimate]:
+def _ranked(model: CostModel, plans: list[Plan], maximise: bool, ranking) -> list[Estimate]:
   """Every plan the model can estimate, best first; ``maximise``: per mesh, remat and
   attention only the largest microbatch predicted to fit."""
   modelled = [e for e in (model.estimate(p) for p in plans) if e is not None]
@@ -466,7 +466,7 @@ def search(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
                for k in ("temp", "flops", "bytes", "ici", "dcn")}
       cals[(remat, att)] = Calibration(remat, att, a.per_chip, **mixed, kernels=b.kernels,
                                        seconds=0.0)
-  model = Model(cfg, spec, chips, slices, cals, state)
+  model = CostModel(cfg, spec, chips, slices, cals, state)
   speed = lambda e: _tokens_per_chip(e, cfg, n)
   ranking = (lambda e: (not e.fits, -speed(e))) if maximise else Estimate.rank_key
 
@@ -474,7 +474,7 @@ def search(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
   # deep one XLA has to fit (its rematerialization and scheduling change), so memory is what
   # the cheap model knows least: the first compile of each policy (the baseline's, then the
   # fastest plan of each other policy that might fit) corrects that policy's predictions
-  # (Model.learn); then the best plans predicted to fit, re-ranked after every compile.
+  # (CostModel.learn); then the best plans predicted to fit, re-ranked after every compile.
   compiled: list[Estimate] = []
   seen, per_compile = set(), 0.0
   wanted = top if top < 2 else top - 1  # from 2 on, the last place is the leader's unrolled twin
@@ -534,10 +534,10 @@ def _tokens_per_chip(e: Estimate, cfg: ExperimentConfig, n: int) -> float:
   return e.plan.batch * cfg.data.max_seq_length / n / e.step_range[1]
 
 
-def _compile(cfg: ExperimentConfig, plan: Plan, topology: str, slices: int, model: Model,
+def _compile(cfg: ExperimentConfig, plan: Plan, topology: str, slices: int, model: CostModel,
              log) -> Estimate:
   """The plan at full depth: its real memory and collectives; FLOPs and HBM bytes from the
-  calibration (``Model``), which is what every compiled plan of a policy shares."""
+  calibration (``CostModel``), which is what every compiled plan of a policy shares."""
   predicted = model.estimate(plan)
   c = apply(cfg, plan, slices)
   began = time.perf_counter()
@@ -593,7 +593,7 @@ def _row(e: Estimate, cfg: ExperimentConfig, n: int, is_baseline: bool) -> dict:
 
 def format_plan(r: dict) -> str:
   g = lambda b: "-" if b is None or math.isnan(b) else f"{b / GiB:5.2f}"
-  ms = lambda x: "-" if not x else f"{x[0] * 1e3:.3g}-{x[1] * 1e3:.3g}"
+  ms = lambda x: "-" if not x else f"{x[0] * 1e3:.4g}-{x[1] * 1e3:.4g}"
   pct = lambda x: "-" if not x else f"{x[0]:.0%}-{x[1]:.0%}"
   tok = lambda x: "-" if not x else f"{x[0]:,.0f}-{x[1]:,.0f}"
   batch = r["global_batch"]
