@@ -192,17 +192,21 @@ def _prepare_data(args) -> None:
   print(json.dumps({"prepared": str(out), "use": f"data.source={out}"}))
 
 
-def _compile(args) -> int:
+def _compile_only() -> None:
+  """A CPU process compiling for TPU: the default backend stays the CPU (the TPU devices are
+  compile-only), and libtpu neither asks a metadata server nor takes its single-user lock."""
   import os
 
-  # a CPU process compiling for TPU: the default backend stays the CPU (the TPU devices are
-  # compile-only), and libtpu neither asks a metadata server nor takes its single-user lock
   for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
                      ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(key, value)
   import jax
 
   jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+
+
+def _compile(args) -> int:
+  _compile_only()
   from bertjax.config import experiment_config
   from bertjax.train.aot import advice, compile_pretraining, format_report
 
@@ -219,14 +223,7 @@ def _compile(args) -> int:
 
 
 def _plan(args) -> int:
-  import os
-
-  for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
-                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
-    os.environ.setdefault(key, value)
-  import jax
-
-  jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+  _compile_only()
   from bertjax.config import experiment_config
   from bertjax.train.plan import REMATS, format_plan, search, write_plan
 

@@ -46,7 +46,8 @@ def _compile(tmp_path, capsys, *args):
   return code, json.loads(out.read_text()) if out.exists() else None, text
 
 
-@pytest.mark.parametrize("topology,slices,chip,hbm", [("v5e-4", 1, "v5e", 16), ("v5p-8", 1, "v5p", 95),
+# (a single v5e-4 slice compiles in docs/planning.md's examples and the tpu-planning notebook)
+@pytest.mark.parametrize("topology,slices,chip,hbm", [("v5p-8", 1, "v5p", 95),
                                                     ("v5e-4", 2, "v5e", 16)])
 def test_compile_pretraining_step(tmp_path, capsys, topology, slices, chip, hbm):
   code, r, text = _compile(tmp_path, capsys, "bert-demo", *SMALL, "mesh.fsdp=2",
@@ -115,8 +116,8 @@ def test_scanned_costs_equal_the_unrolled_program():
 
   small = ["model.num_layers=3", "data.max_seq_length=128", "train.batch_size=16"]
   scanned = compile_pretraining(experiment_config("bert-demo", small + ["model.scan_layers=true"]),
-                                "v5e-4")
-  unrolled = compile_pretraining(experiment_config("bert-demo", small), "v5e-4")
+                                "v5e-4", eval_step=False)
+  unrolled = compile_pretraining(experiment_config("bert-demo", small), "v5e-4", eval_step=False)
   assert scanned["cost_basis"].startswith("unrolled") and unrolled["cost_basis"] == "the compiled step"
   assert scanned["xla_flops_per_device"] == pytest.approx(unrolled["xla_flops_per_device"], rel=0.01)
   assert scanned["bytes_accessed_per_device"] == pytest.approx(
@@ -135,7 +136,7 @@ def test_windowed_einsum_loops_are_counted_in_full():
       "model.num_layers=1", "model.scan_layers=false", "model.remat=none",
       "data.max_seq_length=256", "model.max_position_embeddings=256",  # the smallest that
       "data.max_predictions_per_seq=128", "train.batch_size=32", "data.tokenizer=corpus-bpe"])  # loops
-  report = aot.compile_pretraining(cfg, "v5p-64")
+  report = aot.compile_pretraining(cfg, "v5p-64", eval_step=False)
   # this basis is chosen only when the compiled step holds windowed-einsum loops
   # (aot.WINDOWED_EINSUM in its HLO): the program that runs keeps them
   assert "without windowed einsums" in report["cost_basis"]

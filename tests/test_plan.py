@@ -121,6 +121,10 @@ def test_bad_plan_arguments_are_one_line(capsys, tmp_path):
   assert len(err) == 1 and "taken.yaml" in err[0]
   assert main(["plan", "bert-demo", "model.remat=sometimes", "--topology", "v5e-4"]) == 2
   assert "model.remat" in capsys.readouterr().err
+  # a distillation student takes its shape from the teacher, not from the plan's model.*
+  assert main(["plan", "distilbert-demo", "--topology", "v5e-4"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "objective=distill" in err[0]
 
 
 def test_a_mesh_the_torus_cannot_lay_out_is_one_line():

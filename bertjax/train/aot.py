@@ -200,6 +200,23 @@ def _extrapolated_costs(cfg: ExperimentConfig, shapes: dict) -> tuple[float, flo
   return tuple(extend(a, b, depth[2]) for a, b in zip(one, two))
 
 
+def prepare(cfg: ExperimentConfig, vocab_size: int | None) -> tuple[ExperimentConfig, str]:
+  """``cfg`` as ``pretrain`` would build it (a distillation student, the tokenizer's vocabulary
+  or ``vocab_size``), its objective checked; -> (config, where the vocabulary came from)."""
+  from bertjax.objectives import check_objective
+  from bertjax.train.planning import distillation_config
+
+  if cfg.objective == "distill":
+    cfg = distillation_config(cfg)
+  if vocab_size:
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    vocab_from = f"--vocab-size {vocab_size}"
+  else:
+    cfg, vocab_from = _resolve_vocab(cfg)
+  check_objective(cfg)
+  return cfg, vocab_from
+
+
 def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
                         save: str | Path | None = None, vocab_size: int | None = None,
                         unrolled_costs: bool = True, costs: tuple[tuple[float, float], str]
@@ -210,17 +227,9 @@ def compile_pretraining(cfg: ExperimentConfig, topology: str, *, slices: int = 1
   (the report then has memory only). ``costs``: ((FLOPs, bytes accessed) per device, where they
   come from) known already (``bertjax plan``'s calibration), instead of those compiles.
   ``eval_step`` False: the train step only."""
-  from bertjax.objectives import check_objective
-  from bertjax.train.planning import distillation_config, plan_engine
+  from bertjax.train.planning import plan_engine
 
-  if cfg.objective == "distill":
-    cfg = distillation_config(cfg)
-  if vocab_size:
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
-    vocab_from = f"--vocab-size {vocab_size}"
-  else:
-    cfg, vocab_from = _resolve_vocab(cfg)
-  check_objective(cfg)
+  cfg, vocab_from = prepare(cfg, vocab_size)
   devices = topology_devices(topology, slices)
   spec = chip(devices[0])
   mesh = compile_mesh(cfg, devices, slices)

@@ -254,8 +254,8 @@ class CostModel:
   memory less one f32 gradient shard (the state's parameters on that mesh) is activations:
   scaled by sequences per chip, its per-group part divided over tensor, plus the plan's own
   gradient shard. Its HBM bytes less the optimizer update's are scaled by sequences per step,
-  plus the plan's own update. ``correction``: per policy, the ratio of real to predicted temp
-  memory of the plans compiled so far (``search`` learns it as it goes)."""
+  plus the plan's own update. ``correction``: per policy, the factor that makes the predicted
+  temp memory of that policy's latest full-depth compile its real one (``learn``)."""
 
   def __init__(self, cfg: ExperimentConfig, spec, chips: int, slices: int,
                calibrations: dict[tuple[str, str], Calibration], state_bytes: dict):
@@ -389,17 +389,11 @@ def search(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
   overrides, the modelled plans, the calibrations and the time spent."""
   began = time.perf_counter()
   left = lambda: budget_seconds - (time.perf_counter() - began)
-  from bertjax.objectives import check_objective
-  from bertjax.train.planning import distillation_config
-
-  if cfg.objective == "distill":
-    cfg = distillation_config(cfg)
-  if vocab_size:
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
-    vocab_from = f"--vocab-size {vocab_size}"
-  else:
-    cfg, vocab_from = aot._resolve_vocab(cfg)
-  check_objective(cfg)
+  if cfg.objective == "distill":  # the student is built from the teacher, not from model.*
+    raise UserError("bertjax plan: objective=distill builds its student from the teacher's "
+                    "config, so model.remat, attention_impl and scan_layers do not reach it; "
+                    "plan the student's shape with objective=mlm instead")
+  cfg, vocab_from = aot.prepare(cfg, vocab_size)
   if aot.depth_groups(cfg) is None:
     raise UserError(f"bertjax plan: {cfg.name} has no repeated layers to calibrate on")
   devices = aot.topology_devices(topology, slices)
