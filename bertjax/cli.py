@@ -231,8 +231,10 @@ def _plan(args) -> int:
   if args.objective:
     overrides = [*overrides, f"objective={args.objective}"]
   cfg = experiment_config(preset, overrides)  # a bad key or value fails before any compile
-  if args.write and Path(args.write).exists():
+  if args.write and Path(args.write).exists():  # checked now, not after the search
     raise FileExistsError(f"--write {args.write}: exists; choose another name")
+  if args.write and not Path(args.write).parent.is_dir():
+    raise FileNotFoundError(f"--write {args.write}: no folder {Path(args.write).parent}")
   report = search(cfg, args.topology, slices=args.slices, global_batch=args.global_batch,
                   vocab_size=args.vocab_size, budget_seconds=args.budget * 60, top=args.top,
                   remats=args.remat or REMATS,

@@ -119,6 +119,9 @@ def test_bad_plan_arguments_are_one_line(capsys, tmp_path):
                str(tmp_path / "taken.yaml")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "taken.yaml" in err[0]
+  assert main(["plan", "bert-demo", "--topology", "v5e-4", "--write",
+               str(tmp_path / "no" / "plan.yaml")]) == 2
+  assert "no folder" in capsys.readouterr().err
   assert main(["plan", "bert-demo", "model.remat=sometimes", "--topology", "v5e-4"]) == 2
   assert "model.remat" in capsys.readouterr().err
   # a distillation student takes its shape from the teacher, not from the plan's model.*
