@@ -480,7 +480,7 @@ def search(cfg: ExperimentConfig, topology: str, *, slices: int = 1,
     unknown = [e for e in every if (e.plan.remat, e.plan.attention) not in model.correction
                and e.total_bytes <= UNCERTAIN * spec.hbm_bytes]
     if unknown:
-      return min(unknown, key=lambda e: (e.step_range[1], e.step_range[0])).plan
+      return min(unknown, key=lambda e: ranking(e)[1:]).plan  # as ranked, fits or not
     fresh = [e.plan for e in _ranked(model, plans, maximise, ranking)
              if e.fits and e.plan not in seen]
     return fresh[0] if fresh else None
@@ -610,7 +610,12 @@ def format_plan(r: dict) -> str:
   best, base = r["best"], r["baseline"]
   if best:
     lines.append(f"  best: {' '.join(best['overrides'])}")
-    if base and base["step_seconds_range"]:
+    if base and base["step_seconds_range"] and batch == "max":  # batches differ: throughput
+      ratio = best["tokens_per_second_per_chip"][0] / base["tokens_per_second_per_chip"][0]
+      lines.append(f"  vs the configuration as given: tokens/s per chip x{ratio:.2f} "
+                   f"({tok(best['tokens_per_second_per_chip'])} vs "
+                   f"{tok(base['tokens_per_second_per_chip'])})")
+    elif base and base["step_seconds_range"]:
       ratio = best["step_seconds_range"][1] / base["step_seconds_range"][1]
       lines.append(f"  vs the configuration as given: step upper end x{ratio:.2f} "
                    f"({ms(best['step_seconds_range'])} ms vs {ms(base['step_seconds_range'])} "
