@@ -274,19 +274,16 @@ class CostModel:
     n, g, spec = self.chips * self.slices, self.groups, self.spec
     step_seqs = plan.batch / n  # sequences per chip per step (tensor splits the work)
     scale = plan.per_chip / cal.per_chip  # one microbatch's sequences on one chip
-    ref_state, ref_params = self.state_bytes[self.ref]
+    ref_params = self.state_bytes[self.ref][1]
     state, params = self.state_bytes[plan.mesh]
     t1, t2 = cal.temp
     layer = t2 - t1
     activations = max(0.0, (t1 - layer) + g * layer / plan.tensor - ref_params) * scale
     temp = (activations + params) * self.correction.get((plan.remat, plan.attention), 1.0)
-    flops = aot.extend(*cal.flops, g) * step_seqs / cal.per_chip
+    flops, accessed = self.xla_costs(plan, cal)
     if cal.kernels:
       flops += 3.0 * kernel_attention_flops_per_token(
           self.cfg.model, self.tokens_per_seq) * self.tokens_per_seq * step_seqs
-    update = OPTIMIZER_PASSES * ref_state
-    accessed = (max(0.0, aot.extend(*cal.bytes, g) - update) * step_seqs / cal.per_chip
-                + OPTIMIZER_PASSES * state)
     ici, dcn = self._traffic(plan, cal)
     low_bw = spec.ici_bandwidth / 2 if spec.ici_bandwidth else None
     ici_s = ici / low_bw if low_bw else 0.0
@@ -295,6 +292,17 @@ class CostModel:
                  flops / spec.peak_flops, accessed / spec.hbm_bandwidth, ici_s, dcn_s)
     e.mfu_range = self.mfu(e.step_range, plan)
     return e
+
+  def xla_costs(self, plan: Plan, cal: Calibration) -> tuple[float, float]:
+    """(FLOPs, HBM bytes) per chip per step as XLA counts them (splash kernels' FLOPs not
+    included): the calibration's, extended to the depth; bytes less the calibration mesh's
+    optimizer update, scaled by sequences per step, plus the plan's own update."""
+    g, step_seqs = self.groups, plan.batch / (self.chips * self.slices)
+    ref_state, state = self.state_bytes[self.ref][0], self.state_bytes[plan.mesh][0]
+    flops = aot.extend(*cal.flops, g) * step_seqs / cal.per_chip
+    accessed = (max(0.0, aot.extend(*cal.bytes, g) - OPTIMIZER_PASSES * ref_state)
+                * step_seqs / cal.per_chip + OPTIMIZER_PASSES * state)
+    return flops, accessed
 
   def learn(self, predicted: Estimate, real_total: float) -> None:
     """A compiled plan's real memory corrects its policy's predictions from now on."""
@@ -538,12 +546,8 @@ def _compile(cfg: ExperimentConfig, plan: Plan, topology: str, slices: int, mode
   try:
     if predicted is None:
       raise UserError(f"no calibration for remat={plan.remat} attention={plan.attention}")
-    costs = (predicted.compute_seconds * model.spec.peak_flops, predicted.hbm_seconds
-             * model.spec.hbm_bandwidth)
-    if model.calibrations[(plan.remat, plan.attention)].kernels:  # aot adds the kernels' own
-      costs = (costs[0] - 3.0 * kernel_attention_flops_per_token(
-          c.model, c.data.max_seq_length) * c.data.max_seq_length * plan.batch
-          / (model.chips * model.slices), costs[1])
+    # XLA's counts: compile_pretraining adds the splash kernels' FLOPs itself
+    costs = model.xla_costs(plan, model.calibrations[(plan.remat, plan.attention)])
     r = aot.compile_pretraining(c, topology, slices=slices, vocab_size=c.model.vocab_size,
                                 costs=(costs, "the plan's calibration"), eval_step=False)
   except (ConfigError, UserError) as e:
